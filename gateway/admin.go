@@ -1,0 +1,235 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/flashgate/flashgate/gateway/campaign"
+	"github.com/flashgate/flashgate/gateway/status"
+)
+
+// role of an admin token; a higher rank may do everything a lower one may.
+type role int
+
+const (
+	roleNone role = iota
+	roleViewer
+	roleRisk
+	roleAdmin
+)
+
+var roleRank = map[string]role{"viewer": roleViewer, "risk": roleRisk, "admin": roleAdmin}
+
+// adminWaitVisible bounds how long create waits for the gateway's own
+// registry to see the new campaign, so "201" means "claimable here".
+const adminWaitVisible = 2 * time.Second
+
+func (g *Gateway) handleAdmin(ctx *fasthttp.RequestCtx) {
+	path := ctx.Path()
+	if g.handleOps(ctx, path) {
+		return
+	}
+	if !bytes.HasPrefix(path, []byte("/admin/v1/")) {
+		adminError(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint")
+		return
+	}
+	r := g.adminRole(ctx)
+	if r == roleNone {
+		adminError(ctx, fasthttp.StatusUnauthorized, "unauthenticated", "missing or unknown admin bearer token")
+		return
+	}
+	rest := strings.TrimPrefix(string(path), "/admin/v1/")
+	parts := strings.Split(rest, "/")
+	switch {
+	case parts[0] == "campaigns" && len(parts) == 1:
+		switch {
+		case ctx.IsGet():
+			g.adminListCampaigns(ctx)
+		case ctx.IsPost():
+			if r < roleAdmin {
+				adminError(ctx, fasthttp.StatusForbidden, "forbidden", "role admin required")
+				return
+			}
+			g.adminCreateCampaign(ctx)
+		default:
+			adminError(ctx, fasthttp.StatusMethodNotAllowed, "invalid_request", "GET or POST")
+		}
+	case parts[0] == "campaigns" && len(parts) == 2:
+		if !ctx.IsGet() {
+			adminError(ctx, fasthttp.StatusMethodNotAllowed, "invalid_request", "GET")
+			return
+		}
+		g.adminGetCampaign(ctx, parts[1])
+	default:
+		adminError(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint")
+	}
+}
+
+func (g *Gateway) adminRole(ctx *fasthttp.RequestCtx) role {
+	authz := string(ctx.Request.Header.Peek("Authorization"))
+	tok, ok := strings.CutPrefix(authz, "Bearer ")
+	if !ok {
+		return roleNone
+	}
+	return g.roles[tok]
+}
+
+func adminError(ctx *fasthttp.RequestCtx, code int, st, msg string, fields ...string) {
+	body := map[string]any{"status": st, "error": msg}
+	if len(fields) > 0 {
+		body["fields"] = fields
+	}
+	adminJSON(ctx, code, body)
+}
+
+func adminJSON(ctx *fasthttp.RequestCtx, code int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		code, b = fasthttp.StatusInternalServerError, []byte(`{"status":"error","error":"encoding failed"}`)
+	}
+	ctx.SetStatusCode(code)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+}
+
+func (g *Gateway) adminCreateCampaign(ctx *fasthttp.RequestCtx) {
+	var c campaign.Campaign
+	dec := json.NewDecoder(bytes.NewReader(ctx.Request.Body()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "body: "+err.Error())
+		return
+	}
+	c.EnsureDefaults()
+	c.Paused, c.Deleted = false, false
+	c.CreatedAt = g.now().UTC()
+	if err := c.Validate(); err != nil {
+		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", err.Error(), campaign.Fields(err)...)
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := g.reg.Lookup(rctx, c.ID); err == nil {
+		adminError(ctx, fasthttp.StatusConflict, "exists", "campaign "+c.ID+" already exists")
+		return
+	} else if !errors.Is(err, campaign.ErrNotFound) {
+		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
+		return
+	}
+	// Stock first, then the definition: a campaign visible to gateways always
+	// has its shards initialised (Init is idempotent, so a retry is safe).
+	st := g.stock()
+	if st == nil {
+		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", "redis unavailable")
+		return
+	}
+	if err := st.Init(rctx, c.ID, c.Stock, c.Shards); err != nil {
+		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
+		return
+	}
+	if err := g.reg.Create(rctx, &c); err != nil {
+		if errors.Is(err, campaign.ErrExists) {
+			adminError(ctx, fasthttp.StatusConflict, "exists", "campaign "+c.ID+" already exists")
+			return
+		}
+		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
+		return
+	}
+	for deadline := time.Now().Add(adminWaitVisible); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if _, ok := g.reg.Get(c.ID); ok {
+			break
+		}
+	}
+	g.log.Info("campaign created", "id", c.ID, "stock", c.Stock, "shards", c.Shards)
+	adminJSON(ctx, fasthttp.StatusCreated, g.campaignView(rctx, &c, false))
+}
+
+func (g *Gateway) adminListCampaigns(ctx *fasthttp.RequestCtx) {
+	state := string(ctx.QueryArgs().Peek("state"))
+	rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	list := g.reg.List()
+	sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
+	out := make([]campaignView, 0, len(list))
+	now := g.now()
+	for _, c := range list {
+		if state != "" && string(c.StateAt(now)) != state {
+			continue
+		}
+		out = append(out, g.campaignView(rctx, c, true))
+	}
+	adminJSON(ctx, fasthttp.StatusOK, map[string]any{"campaigns": out})
+}
+
+func (g *Gateway) adminGetCampaign(ctx *fasthttp.RequestCtx, id string) {
+	if !campaign.ValidID(id) {
+		adminError(ctx, fasthttp.StatusNotFound, "unknown_campaign", "no such campaign")
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := g.reg.Lookup(rctx, id)
+	if errors.Is(err, campaign.ErrNotFound) {
+		adminError(ctx, fasthttp.StatusNotFound, "unknown_campaign", "no such campaign")
+		return
+	}
+	if err != nil {
+		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
+		return
+	}
+	adminJSON(ctx, fasthttp.StatusOK, g.campaignView(rctx, c, true))
+}
+
+type campaignView struct {
+	*campaign.Campaign
+	State string         `json:"state"`
+	Stats *campaignStats `json:"stats,omitempty"`
+}
+
+type campaignStats struct {
+	Stock            int64            `json:"stock"`
+	Remaining        int64            `json:"remaining"`
+	Granted          int64            `json:"granted"`
+	PendingTransfers int64            `json:"pending_transfers"`
+	Shards           []int64          `json:"shards"`
+	Attempts         int64            `json:"attempts"`
+	Rejected         map[string]int64 `json:"rejected"`
+	Error            string           `json:"error,omitempty"`
+}
+
+func (g *Gateway) campaignView(ctx context.Context, c *campaign.Campaign, withStats bool) campaignView {
+	v := campaignView{Campaign: c, State: string(c.StateAt(g.now()))}
+	if !withStats {
+		return v
+	}
+	s := &campaignStats{Stock: c.Stock, Rejected: map[string]int64{}}
+	v.Stats = s
+	st := g.stock()
+	if st == nil {
+		s.Error = "redis unavailable"
+		return v
+	}
+	counts, err := st.Count(ctx, c.ID, c.Shards)
+	if err != nil {
+		s.Error = err.Error()
+	}
+	s.Remaining, s.Granted, s.PendingTransfers, s.Shards = counts.Remaining, counts.Granted, counts.Pending, counts.Shards
+	byStatus, err := g.readStats(ctx, c.ID)
+	if err != nil && s.Error == "" {
+		s.Error = err.Error()
+	}
+	for name, n := range byStatus {
+		s.Attempts += n
+		if name != status.Granted.String() {
+			s.Rejected[name] = n
+		}
+	}
+	return v
+}

@@ -1,0 +1,197 @@
+package gateway
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+const (
+	// tokenLenMax bounds a bearer token; real ones are a few hundred bytes.
+	tokenLenMax = 4096
+	// userIDLenMax bounds a user id (it becomes part of Redis keys).
+	userIDLenMax = 128
+	// deviceIDLenMax bounds X-Device-ID.
+	deviceIDLenMax = 128
+	// idempotencyKeyLenMax is DESIGN §3's limit.
+	idempotencyKeyLenMax = 64
+	// forwardedHopsMax bounds the X-Forwarded-For entries examined.
+	forwardedHopsMax = 16
+)
+
+var (
+	errNoToken      = errors.New("missing bearer token")
+	errTokenTooLong = errors.New("token too long")
+	errBadSubject   = errors.New("token sub must be 1..128 printable characters")
+)
+
+// verifier turns a bearer token into a user id. Exactly one algorithm is
+// accepted, pinned by configuration; alg "none" and every other algorithm are
+// refused by the parser's method list before any key is used.
+type verifier struct {
+	parser *jwt.Parser
+	key    any
+}
+
+func newVerifier(c AuthConfig, now func() time.Time) (*verifier, error) {
+	opts := []jwt.ParserOption{jwt.WithExpirationRequired(), jwt.WithLeeway(c.Leeway), jwt.WithTimeFunc(now)}
+	switch {
+	case c.HS256Secret != "":
+		return &verifier{parser: jwt.NewParser(append(opts, jwt.WithValidMethods([]string{"HS256"}))...), key: []byte(c.HS256Secret)}, nil
+	case c.Ed25519PublicKey != "":
+		pk, err := parseEd25519PublicKey(c.Ed25519PublicKey)
+		if err != nil {
+			return nil, err
+		}
+		return &verifier{parser: jwt.NewParser(append(opts, jwt.WithValidMethods([]string{"EdDSA"}))...), key: pk}, nil
+	}
+	return nil, errors.New("gateway: no JWT key configured")
+}
+
+// verify checks a raw "Bearer <token>" Authorization header value and returns
+// the subject.
+func (v *verifier) verify(authz []byte) (string, error) {
+	const prefix = "Bearer "
+	if len(authz) <= len(prefix) || !bytes.EqualFold(authz[:len(prefix)], []byte(prefix)) {
+		return "", errNoToken
+	}
+	raw := authz[len(prefix):]
+	if len(raw) > tokenLenMax {
+		return "", errTokenTooLong
+	}
+	var claims jwt.RegisteredClaims
+	_, err := v.parser.ParseWithClaims(string(raw), &claims, func(*jwt.Token) (any, error) { return v.key, nil })
+	if err != nil {
+		return "", err
+	}
+	if !validUserID(claims.Subject) {
+		return "", errBadSubject
+	}
+	return claims.Subject, nil
+}
+
+// validUserID: 1..128 bytes of printable ASCII without space.
+func validUserID(s string) bool { return printableToken(s, userIDLenMax) }
+
+func printableToken(s string, maxLen int) bool {
+	if len(s) == 0 || len(s) > maxLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func printableTokenBytes(b []byte, maxLen int) bool {
+	if len(b) == 0 || len(b) > maxLen {
+		return false
+	}
+	for _, c := range b {
+		if c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func parseEd25519PublicKey(s string) (ed25519.PublicKey, error) {
+	s = strings.TrimSpace(s)
+	if strings.HasPrefix(s, "-----BEGIN") {
+		blk, _ := pem.Decode([]byte(s))
+		if blk == nil {
+			return nil, errors.New("not a PEM block")
+		}
+		k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		pk, ok := k.(ed25519.PublicKey)
+		if !ok {
+			return nil, fmt.Errorf("PEM key is %T, not Ed25519", k)
+		}
+		return pk, nil
+	}
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return nil, fmt.Errorf("not PEM and not base64: %w", err)
+	}
+	if len(b) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("key is %d bytes, want %d", len(b), ed25519.PublicKeySize)
+	}
+	return ed25519.PublicKey(b), nil
+}
+
+// proxySet is the configured trusted proxies.
+type proxySet []netip.Prefix
+
+func parsePrefixes(ss []string) (proxySet, error) {
+	out := make(proxySet, 0, len(ss))
+	var errs []error
+	for _, s := range ss {
+		s = strings.TrimSpace(s)
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%q is neither an IP nor a CIDR", s))
+			continue
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, errors.Join(errs...)
+}
+
+func (ps proxySet) contains(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+var errBadForwarded = errors.New("malformed X-Forwarded-For")
+
+// clientIP is the TCP peer, or — when the peer is a trusted proxy — the
+// right-most hop of X-Forwarded-For that is not itself a trusted proxy. A
+// header from an untrusted peer is never read.
+func clientIP(peer netip.Addr, xff []byte, trusted proxySet) (netip.Addr, error) {
+	peer = peer.Unmap()
+	if len(xff) == 0 || !trusted.contains(peer) {
+		return peer, nil
+	}
+	hop := peer
+	rest := xff
+	for i := 0; i < forwardedHopsMax && len(rest) > 0; i++ {
+		var part []byte
+		if j := bytes.LastIndexByte(rest, ','); j >= 0 {
+			part, rest = rest[j+1:], rest[:j]
+		} else {
+			part, rest = rest, nil
+		}
+		a, err := netip.ParseAddr(string(bytes.TrimSpace(part)))
+		if err != nil {
+			return netip.Addr{}, errBadForwarded
+		}
+		hop = a.Unmap()
+		if !trusted.contains(hop) {
+			return hop, nil
+		}
+	}
+	return hop, nil // every hop examined is a trusted proxy: the left-most one is the client
+}

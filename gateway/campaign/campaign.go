@@ -1,0 +1,307 @@
+// Package campaign owns campaign and coupon definitions: their JSON shape,
+// their validation (every wrong field named at once), the state a campaign is
+// in at a given instant, and the control-plane copy kept in a NATS KV bucket
+// that every gateway watches (registry.go).
+//
+// Amounts are integers in minor units (cents); times are RFC 3339 in JSON.
+// A definition never changes a grant already made: grants snapshot what they
+// need (coupon, validity) when they are minted.
+package campaign
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+)
+
+const (
+	// IDLenMax bounds a campaign id; ids appear in Redis keys and URLs.
+	IDLenMax = 64
+	// NameLenMax bounds a display name.
+	NameLenMax = 200
+	// StockMax bounds one campaign's stock (and what one PATCH may add).
+	StockMax = 1 << 40
+	// PerUserLimitMax bounds per_user_limit: a user's grants are one Redis set.
+	PerUserLimitMax = 1000
+	// ShardsMax mirrors stock.ShardsMax.
+	ShardsMax = 1024
+	// TiersMax bounds the tiers of a threshold coupon.
+	TiersMax = 20
+	// ValidityDaysMax bounds days_after_claim validity.
+	ValidityDaysMax = 3650
+)
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// ValidID reports whether s is a well-formed campaign id.
+func ValidID(s string) bool { return idPattern.MatchString(s) }
+
+// Coupon is what a grant entitles the user to. Exactly the fields of its type are set.
+type Coupon struct {
+	Type    string `json:"type"` // threshold | percent | voucher | product | free_shipping
+	Tiers   []Tier `json:"tiers,omitempty"`
+	Percent int64  `json:"percent,omitempty"`
+	MaxOff  int64  `json:"max_off,omitempty"`
+	Amount  int64  `json:"amount,omitempty"`
+	SKU     string `json:"sku,omitempty"`
+}
+
+// Tier of a threshold coupon: spend at least Min, get Off off.
+type Tier struct {
+	Min int64 `json:"min"`
+	Off int64 `json:"off"`
+}
+
+// FaceValue is the most one coupon can take off an order, in minor units (0
+// when not monetary, e.g. a product or free shipping).
+func (c *Coupon) FaceValue() int64 {
+	switch c.Type {
+	case "threshold":
+		var m int64
+		for _, t := range c.Tiers {
+			m = max(m, t.Off)
+		}
+		return m
+	case "percent":
+		return c.MaxOff
+	case "voucher":
+		return c.Amount
+	}
+	return 0
+}
+
+// Validity says when a granted coupon may be used.
+type Validity struct {
+	Mode  string     `json:"mode"` // fixed | days_after_claim | permanent
+	From  *time.Time `json:"from,omitempty"`
+	Until *time.Time `json:"until,omitempty"`
+	Days  int        `json:"days,omitempty"`
+}
+
+// Window computes a grant's valid_from / valid_until (zero = unbounded).
+func (v *Validity) Window(grantedAt time.Time) (from, until time.Time) {
+	switch v.Mode {
+	case "fixed":
+		return *v.From, *v.Until
+	case "days_after_claim":
+		return grantedAt, grantedAt.AddDate(0, 0, v.Days)
+	}
+	return grantedAt, time.Time{}
+}
+
+// Audience says who may claim.
+type Audience struct {
+	Mode string `json:"mode"` // public (targeted and code: issue 6)
+}
+
+// Campaign is one drop.
+type Campaign struct {
+	ID           string    `json:"id"`
+	Name         string    `json:"name"`
+	Coupon       Coupon    `json:"coupon"`
+	Stock        int64     `json:"stock"`
+	PerUserLimit int       `json:"per_user_limit"`
+	Shards       int       `json:"shards"`
+	StartsAt     time.Time `json:"starts_at"`
+	EndsAt       time.Time `json:"ends_at"`
+	Validity     Validity  `json:"validity"`
+	Audience     Audience  `json:"audience"`
+	Budget       int64     `json:"budget,omitempty"`
+	Paused       bool      `json:"paused,omitempty"`
+	Deleted      bool      `json:"deleted,omitempty"`
+	CreatedAt    time.Time `json:"created_at"`
+}
+
+// State of a campaign at an instant.
+type State string
+
+const (
+	StateNotStarted State = "not_started"
+	StateActive     State = "active"
+	StatePaused     State = "paused"
+	StateEnded      State = "ended"
+	StateDeleted    State = "deleted"
+)
+
+// StateAt returns the campaign's state at now.
+func (c *Campaign) StateAt(now time.Time) State {
+	switch {
+	case c.Deleted:
+		return StateDeleted
+	case !now.Before(c.EndsAt):
+		return StateEnded
+	case c.Paused:
+		return StatePaused
+	case now.Before(c.StartsAt):
+		return StateNotStarted
+	}
+	return StateActive
+}
+
+// EnsureDefaults fills fields a creator may leave out.
+func (c *Campaign) EnsureDefaults() {
+	if c.PerUserLimit == 0 {
+		c.PerUserLimit = 1
+	}
+	if c.Shards == 0 {
+		c.Shards = defaultShards(c.Stock)
+	}
+	if c.Validity.Mode == "" {
+		c.Validity.Mode = "permanent"
+	}
+	if c.Audience.Mode == "" {
+		c.Audience.Mode = "public"
+	}
+}
+
+// defaultShards: one shard per ~1000 units, at most 16; enough to spread a
+// hot campaign over a cluster without making the sold-out survey expensive.
+func defaultShards(stock int64) int {
+	n := stock / 1000
+	switch {
+	case n < 1:
+		return 1
+	case n > 16:
+		return 16
+	}
+	return int(n)
+}
+
+// Validate reports every invalid field at once, each error naming the field.
+func (c *Campaign) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)})
+	}
+	if !ValidID(c.ID) {
+		bad("id", "must be 1..%d of A-Z a-z 0-9 _ -", IDLenMax)
+	}
+	if strings.TrimSpace(c.Name) == "" || len(c.Name) > NameLenMax {
+		bad("name", "must be 1..%d characters", NameLenMax)
+	}
+	c.Coupon.validate(bad)
+	if c.Stock < 1 || c.Stock > StockMax {
+		bad("stock", "must be 1..%d", int64(StockMax))
+	}
+	if c.PerUserLimit < 1 || c.PerUserLimit > PerUserLimitMax {
+		bad("per_user_limit", "must be 1..%d", PerUserLimitMax)
+	}
+	if c.Shards < 1 || c.Shards > ShardsMax {
+		bad("shards", "must be 1..%d", ShardsMax)
+	} else if int64(c.Shards) > c.Stock && c.Stock >= 1 {
+		bad("shards", "must not exceed stock (%d)", c.Stock)
+	}
+	if c.StartsAt.IsZero() {
+		bad("starts_at", "is required")
+	}
+	if c.EndsAt.IsZero() {
+		bad("ends_at", "is required")
+	} else if !c.StartsAt.IsZero() && !c.EndsAt.After(c.StartsAt) {
+		bad("ends_at", "must be after starts_at")
+	}
+	switch c.Validity.Mode {
+	case "permanent":
+	case "days_after_claim":
+		if c.Validity.Days < 1 || c.Validity.Days > ValidityDaysMax {
+			bad("validity.days", "must be 1..%d", ValidityDaysMax)
+		}
+	case "fixed":
+		if c.Validity.From == nil {
+			bad("validity.from", "is required for mode fixed")
+		}
+		if c.Validity.Until == nil {
+			bad("validity.until", "is required for mode fixed")
+		}
+		if c.Validity.From != nil && c.Validity.Until != nil && !c.Validity.Until.After(*c.Validity.From) {
+			bad("validity.until", "must be after validity.from")
+		}
+	default:
+		bad("validity.mode", "must be fixed, days_after_claim or permanent")
+	}
+	switch c.Audience.Mode {
+	case "public":
+	case "targeted", "code":
+		bad("audience.mode", "%q is not supported by this version (public only)", c.Audience.Mode)
+	default:
+		bad("audience.mode", "must be public, targeted or code")
+	}
+	if c.Budget < 0 {
+		bad("budget", "must not be negative")
+	} else if c.Budget > 0 {
+		bad("budget", "budget caps are not supported by this version")
+	}
+	return errors.Join(errs...)
+}
+
+func (cp *Coupon) validate(bad func(field, format string, args ...any)) {
+	switch cp.Type {
+	case "threshold":
+		if len(cp.Tiers) == 0 || len(cp.Tiers) > TiersMax {
+			bad("coupon.tiers", "must have 1..%d tiers", TiersMax)
+		}
+		for i, t := range cp.Tiers {
+			f := fmt.Sprintf("coupon.tiers[%d]", i)
+			if t.Min < 1 {
+				bad(f+".min", "must be positive")
+			}
+			if t.Off < 1 {
+				bad(f+".off", "must be positive")
+			} else if t.Off >= t.Min {
+				bad(f+".off", "discount %d must be less than its minimum %d", t.Off, t.Min)
+			}
+			if i > 0 && (t.Min <= cp.Tiers[i-1].Min || t.Off <= cp.Tiers[i-1].Off) {
+				bad(f, "tiers must rise in both min and off")
+			}
+		}
+	case "percent":
+		if cp.Percent < 1 || cp.Percent > 100 {
+			bad("coupon.percent", "must be 1..100")
+		}
+		if cp.MaxOff < 1 {
+			bad("coupon.max_off", "must be positive (the cap of a percent coupon)")
+		}
+	case "voucher":
+		if cp.Amount < 1 {
+			bad("coupon.amount", "must be positive")
+		}
+	case "product":
+		if strings.TrimSpace(cp.SKU) == "" || len(cp.SKU) > 128 {
+			bad("coupon.sku", "must be 1..128 characters")
+		}
+	case "free_shipping":
+	default:
+		bad("coupon.type", "must be threshold, percent, voucher, product or free_shipping")
+	}
+}
+
+// FieldError is a validation error naming its field.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+// Fields lists the fields named in err (a joined error of FieldErrors).
+func Fields(err error) []string {
+	var out []string
+	var walk func(error)
+	walk = func(e error) {
+		var fe *FieldError
+		if errors.As(e, &fe) && fe == e {
+			out = append(out, fe.Field)
+			return
+		}
+		if j, ok := e.(interface{ Unwrap() []error }); ok {
+			for _, x := range j.Unwrap() {
+				walk(x)
+			}
+		}
+	}
+	if err != nil {
+		walk(err)
+	}
+	return out
+}

@@ -1,0 +1,189 @@
+package campaign
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Bucket is the NATS KV bucket holding campaign definitions, one key per id.
+const Bucket = "flashgate-campaigns"
+
+// definitionLenMax bounds one stored definition.
+const definitionLenMax = 64 << 10
+
+// ErrExists is returned by Create for an id already taken.
+var ErrExists = errors.New("campaign: id already exists")
+
+// ErrNotFound is returned for an unknown id.
+var ErrNotFound = errors.New("campaign: not found")
+
+// Registry is a gateway's live view of the campaign bucket. One goroutine
+// (Run) applies watch updates; readers load an immutable map snapshot.
+type Registry struct {
+	kv     jetstream.KeyValue
+	log    *slog.Logger
+	snap   atomic.Pointer[map[string]*Campaign]
+	synced atomic.Bool // initial values loaded and watcher alive
+	once   sync.Once
+	ready  chan struct{}
+}
+
+// OpenRegistry creates (or binds to) the bucket. history keeps a few
+// revisions for operators; replicas is the JetStream replication factor.
+func OpenRegistry(ctx context.Context, js jetstream.JetStream, replicas int, log *slog.Logger) (*Registry, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:       Bucket,
+		History:      8,
+		MaxValueSize: definitionLenMax,
+		Storage:      jetstream.FileStorage,
+		Replicas:     replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("campaign: kv bucket: %w", err)
+	}
+	r := &Registry{kv: kv, log: log, ready: make(chan struct{})}
+	empty := map[string]*Campaign{}
+	r.snap.Store(&empty)
+	return r, nil
+}
+
+// Run watches the bucket until ctx ends, re-establishing the watch after an
+// error with a bounded backoff.
+func (r *Registry) Run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := r.watch(ctx)
+		r.synced.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		r.log.Warn("campaign watch ended; retrying", "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+func (r *Registry) watch(ctx context.Context) error {
+	w, err := r.kv.WatchAll(ctx)
+	if err != nil {
+		return err
+	}
+	defer w.Stop()
+	next := map[string]*Campaign{}
+	initial := true
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("watcher closed")
+			}
+			if e == nil { // end of initial values
+				initial = false
+				r.publish(next)
+				r.synced.Store(true)
+				r.once.Do(func() { close(r.ready) })
+				continue
+			}
+			if initial {
+				r.apply(next, e)
+				continue
+			}
+			cur := *r.snap.Load()
+			cp := make(map[string]*Campaign, len(cur)+1)
+			for k, v := range cur {
+				cp[k] = v
+			}
+			r.apply(cp, e)
+			r.publish(cp)
+		}
+	}
+}
+
+func (r *Registry) apply(m map[string]*Campaign, e jetstream.KeyValueEntry) {
+	if e.Operation() != jetstream.KeyValuePut {
+		delete(m, e.Key())
+		return
+	}
+	var c Campaign
+	if err := json.Unmarshal(e.Value(), &c); err != nil {
+		r.log.Error("campaign: undecodable definition in bucket; keeping previous", "key", e.Key(), "err", err)
+		return
+	}
+	m[c.ID] = &c
+}
+
+func (r *Registry) publish(m map[string]*Campaign) { r.snap.Store(&m) }
+
+// WaitReady blocks until the initial values are loaded or ctx ends.
+func (r *Registry) WaitReady(ctx context.Context) error {
+	select {
+	case <-r.ready:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("campaign: registry not synced: %w", ctx.Err())
+	}
+}
+
+// Synced reports whether the watch is live.
+func (r *Registry) Synced() bool { return r.synced.Load() }
+
+// Get returns the campaign from the local snapshot (never blocks).
+func (r *Registry) Get(id string) (*Campaign, bool) {
+	c, ok := (*r.snap.Load())[id]
+	return c, ok
+}
+
+// List returns the snapshot's campaigns.
+func (r *Registry) List() []*Campaign {
+	m := *r.snap.Load()
+	out := make([]*Campaign, 0, len(m))
+	for _, c := range m {
+		out = append(out, c)
+	}
+	return out
+}
+
+// Create stores a new definition; ErrExists if the id is taken.
+func (r *Registry) Create(ctx context.Context, c *Campaign) error {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	if _, err := r.kv.Create(ctx, c.ID, b); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return ErrExists
+		}
+		return fmt.Errorf("campaign: create: %w", err)
+	}
+	return nil
+}
+
+// Lookup reads a definition straight from the bucket (not the snapshot).
+func (r *Registry) Lookup(ctx context.Context, id string) (*Campaign, error) {
+	e, err := r.kv.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("campaign: get: %w", err)
+	}
+	var c Campaign
+	if err := json.Unmarshal(e.Value(), &c); err != nil {
+		return nil, fmt.Errorf("campaign: decode %s: %w", id, err)
+	}
+	return &c, nil
+}

@@ -1,0 +1,344 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/flashgate/flashgate/gateway/campaign"
+	"github.com/flashgate/flashgate/gateway/status"
+	"github.com/flashgate/flashgate/gateway/stock"
+	"github.com/flashgate/flashgate/ledger"
+)
+
+// claimInput is what a claim request carries once parsed and authenticated.
+type claimInput struct {
+	campaignID string
+	user       string
+	device     string
+	ip         netip.Addr
+	idemKey    string // client's Idempotency-Key, "" if none
+	code       string
+}
+
+// claimBody is the optional JSON body of a claim.
+type claimBody struct {
+	Code string `json:"code"`
+}
+
+var (
+	pathClaimPrefix = []byte("/v1/campaigns/")
+	pathClaimSuffix = []byte("/claim")
+)
+
+// parseClaimPath returns the campaign id of /v1/campaigns/{id}/claim.
+func parseClaimPath(p []byte) ([]byte, bool) {
+	if !bytes.HasPrefix(p, pathClaimPrefix) || !bytes.HasSuffix(p, pathClaimSuffix) {
+		return nil, false
+	}
+	id := p[len(pathClaimPrefix) : len(p)-len(pathClaimSuffix)]
+	if len(id) == 0 || bytes.IndexByte(id, '/') >= 0 {
+		return nil, false
+	}
+	return id, true
+}
+
+// parseClaim validates everything a claim request carries. It returns the
+// status to answer and a message when the request is refused.
+func (g *Gateway) parseClaim(ctx *fasthttp.RequestCtx, id []byte) (claimInput, status.Status, string) {
+	var in claimInput
+	peer, _ := netip.AddrFromSlice(ctx.RemoteIP())
+	ip, err := clientIP(peer, ctx.Request.Header.Peek("X-Forwarded-For"), g.proxies)
+	if err != nil {
+		return in, status.InvalidRequest, err.Error()
+	}
+	in.ip = ip
+	switch g.cfg.Auth.Mode {
+	case "jwt":
+		authz := ctx.Request.Header.Peek("Authorization")
+		if len(authz) == 0 {
+			return in, status.Unauthenticated, "missing Authorization: Bearer token"
+		}
+		sub, err := g.verify.verify(authz)
+		if err != nil {
+			return in, status.Unauthenticated, "bad token: " + err.Error()
+		}
+		in.user = sub
+	case "trusted-header":
+		if !g.proxies.contains(peer) {
+			return in, status.Unauthenticated, "X-User-ID accepted only from a trusted proxy"
+		}
+		u := ctx.Request.Header.Peek("X-User-ID")
+		if !printableTokenBytes(u, userIDLenMax) {
+			return in, status.Unauthenticated, "missing or malformed X-User-ID"
+		}
+		in.user = string(u)
+	}
+	dev := ctx.Request.Header.Peek("X-Device-ID")
+	if len(dev) == 0 {
+		return in, status.InvalidRequest, "X-Device-ID header is required"
+	}
+	if !printableTokenBytes(dev, deviceIDLenMax) {
+		return in, status.InvalidRequest, "X-Device-ID must be 1..128 printable characters"
+	}
+	in.device = string(dev)
+	if k := ctx.Request.Header.Peek("Idempotency-Key"); len(k) > 0 {
+		if !printableTokenBytes(k, idempotencyKeyLenMax) {
+			return in, status.InvalidRequest, "Idempotency-Key must be 1..64 printable characters"
+		}
+		in.idemKey = string(k)
+	}
+	if body := ctx.Request.Body(); len(bytes.TrimSpace(body)) > 0 {
+		if len(body) > publicBodyLenMax {
+			return in, status.InvalidRequest, "body exceeds 4096 bytes"
+		}
+		var b claimBody
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&b); err != nil {
+			return in, status.InvalidRequest, "body: " + err.Error()
+		}
+		if dec.More() {
+			return in, status.InvalidRequest, "body: trailing data after JSON object"
+		}
+		if len(b.Code) > 64 {
+			return in, status.InvalidRequest, "body: code longer than 64 characters"
+		}
+		in.code = b.Code
+	}
+	if !campaign.ValidID(string(id)) {
+		return in, status.UnknownCampaign, "no such campaign"
+	}
+	in.campaignID = string(id)
+	return in, status.Granted, ""
+}
+
+func (g *Gateway) handleClaim(ctx *fasthttp.RequestCtx, id []byte) {
+	start := time.Now()
+	st := g.claim(ctx, id)
+	g.metrics.observeClaim(st, time.Since(start))
+}
+
+func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
+	if !ctx.IsPost() {
+		ctx.Response.Header.Set("Allow", "POST")
+		writeError(ctx, status.InvalidRequest, "method must be POST")
+		return status.InvalidRequest
+	}
+	in, st, msg := g.parseClaim(ctx, id)
+	if st != status.Granted {
+		writeError(ctx, st, msg)
+		return st
+	}
+	c, ok := g.reg.Get(in.campaignID)
+	if !ok {
+		writeError(ctx, status.UnknownCampaign, "no such campaign")
+		return status.UnknownCampaign
+	}
+	counts := g.stats.of(c.ID)
+	record := func(s status.Status) status.Status { counts.add(s, 1); return s }
+
+	now := g.now()
+	switch c.StateAt(now) {
+	case campaign.StateNotStarted:
+		writeError(ctx, status.NotStarted, "campaign starts at "+c.StartsAt.Format(time.RFC3339))
+		return record(status.NotStarted)
+	case campaign.StateEnded, campaign.StateDeleted:
+		writeError(ctx, status.Ended, "campaign has ended")
+		return record(status.Ended)
+	case campaign.StatePaused:
+		writeError(ctx, status.Paused, "campaign is paused")
+		return record(status.Paused)
+	}
+	if !g.nc.IsConnected() || !g.reg.Synced() {
+		writeUnavailable(ctx, "control plane unavailable")
+		return record(status.Unavailable)
+	}
+	flag := g.soldOutFlag(c.ID)
+	if until := flag.Load(); now.UnixNano() < until {
+		writeError(ctx, status.SoldOut, "sold out")
+		return record(status.SoldOut)
+	} else if until != 0 && !flag.CompareAndSwap(until, now.Add(soldOutRecheck).UnixNano()) {
+		writeError(ctx, status.SoldOut, "sold out") // another request is re-probing
+		return record(status.SoldOut)
+	}
+	store := g.stock()
+	if store == nil {
+		writeUnavailable(ctx, "redis unavailable")
+		return record(status.Unavailable)
+	}
+
+	rctx, cancel := context.WithTimeout(context.Background(), g.cfg.Claim.Timeout)
+	defer cancel()
+	attempt, ttl := in.idemKey, g.cfg.Claim.IdempotencyTTL
+	if attempt == "" {
+		// No client key: a per-request id still makes a re-run after an
+		// unknown outcome idempotent. Prefixed so it cannot collide with a client key.
+		attempt, ttl = "~"+stock.NewGrantID(now), 10*time.Minute
+	}
+	t0 := time.Now()
+	res, err := store.Claim(rctx, &stock.Claim{
+		Campaign: c.ID, Shards: c.Shards, PerUserLimit: c.PerUserLimit, User: in.user,
+		AttemptKey: attempt, AttemptTTL: ttl, GrantID: stock.NewGrantID(now),
+	})
+	g.metrics.redisSeconds.Observe(time.Since(t0).Seconds())
+	if err != nil {
+		g.metrics.dependencyErrors.WithLabelValues("redis").Inc()
+		if !errors.Is(err, stock.ErrNotInitialized) {
+			g.log.Debug("claim: stock", "campaign", c.ID, "err", err)
+		}
+		writeUnavailable(ctx, "stock unavailable")
+		return record(status.Unavailable)
+	}
+	switch res.Outcome {
+	case stock.SoldOut:
+		flag.Store(now.Add(soldOutRecheck).UnixNano())
+		writeError(ctx, status.SoldOut, "sold out")
+		return record(status.SoldOut)
+	case stock.AlreadyClaimed:
+		writeAlreadyClaimed(ctx, res.GrantIDs)
+		return record(status.AlreadyClaimed)
+	}
+	if flag.Load() != 0 {
+		flag.Store(0) // stock came back (PATCH): clear the local flag
+	}
+
+	rec, err := g.appendGrant(rctx, c, &in, &res, now)
+	if err != nil {
+		g.metrics.dependencyErrors.WithLabelValues("ledger").Inc()
+		g.log.Warn("claim: ledger append failed; not acknowledged", "grant_id", res.GrantID, "err", err)
+		writeUnavailable(ctx, "ledger unavailable")
+		return record(status.Unavailable)
+	}
+	writeGranted(ctx, c, rec)
+	return record(status.Granted)
+}
+
+// appendGrant makes the grant durable. A replayed grant (the attempt had
+// granted before) is appended only if its first attempt never reached the
+// ledger; either way the answer carries the stored record.
+func (g *Gateway) appendGrant(ctx context.Context, c *campaign.Campaign, in *claimInput, res *stock.Result, now time.Time) (*ledger.Record, error) {
+	if res.Replay {
+		if r, ok, err := g.ledger.Get(res.GrantID); err != nil {
+			return nil, err
+		} else if ok {
+			return &r, nil
+		}
+	}
+	from, until := c.Validity.Window(now)
+	rec := &ledger.Record{
+		GrantID: res.GrantID, Campaign: c.ID, User: in.user, Device: in.device, ClientIP: in.ip.String(),
+		IdempotencyKey: in.idemKey, Shard: uint32(res.Shard), GrantedAtNanos: now.UnixNano(),
+		ValidFrom: unixOrZero(from), ValidUntil: unixOrZero(until), FaceValue: c.Coupon.FaceValue(),
+	}
+	t0 := time.Now()
+	var err error
+	if res.Replay {
+		_, err = g.ledger.Append(ctx, rec)
+	} else {
+		_, err = g.ledger.AppendNew(ctx, rec)
+	}
+	g.metrics.ledgerSeconds.Observe(time.Since(t0).Seconds())
+	if err != nil {
+		return nil, err
+	}
+	if res.Replay { // a concurrent first attempt may have won the append: answer with what is stored
+		if r, ok, err := g.ledger.Get(res.GrantID); err == nil && ok {
+			return &r, nil
+		}
+	}
+	return rec, nil
+}
+
+func unixOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
+func (g *Gateway) soldOutFlag(id string) *atomic.Int64 {
+	if f, ok := g.soldOut.Load(id); ok {
+		return f.(*atomic.Int64)
+	}
+	f, _ := g.soldOut.LoadOrStore(id, new(atomic.Int64))
+	return f.(*atomic.Int64)
+}
+
+// --- answers ---------------------------------------------------------------
+
+func writeStatus(ctx *fasthttp.RequestCtx, st status.Status, b []byte) {
+	ctx.SetStatusCode(st.HTTPCode())
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+}
+
+func appendHead(b []byte, st status.Status) []byte {
+	b = append(b, `{"status":"`...)
+	b = append(b, st.String()...)
+	return append(b, '"')
+}
+
+func appendJSONString(b []byte, s string) []byte {
+	q, _ := json.Marshal(s)
+	return append(b, q...)
+}
+
+func writeError(ctx *fasthttp.RequestCtx, st status.Status, msg string) {
+	b := appendHead(make([]byte, 0, 96), st)
+	b = append(b, `,"error":`...)
+	b = appendJSONString(b, msg)
+	b = append(b, '}')
+	writeStatus(ctx, st, b)
+}
+
+func writeUnavailable(ctx *fasthttp.RequestCtx, msg string) {
+	ctx.Response.Header.Set("Retry-After", strconv.Itoa(retryAfterSeconds))
+	writeError(ctx, status.Unavailable, msg)
+}
+
+func writeAlreadyClaimed(ctx *fasthttp.RequestCtx, ids []string) {
+	b := appendHead(make([]byte, 0, 128), status.AlreadyClaimed)
+	b = append(b, `,"grant_ids":[`...)
+	for i, id := range ids {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, id)
+	}
+	b = append(b, "]}"...)
+	writeStatus(ctx, status.AlreadyClaimed, b)
+}
+
+func writeGranted(ctx *fasthttp.RequestCtx, c *campaign.Campaign, r *ledger.Record) {
+	b := appendHead(make([]byte, 0, 320), status.Granted)
+	b = append(b, `,"grant_id":"`...)
+	b = append(b, r.GrantID...)
+	b = append(b, `","campaign":"`...)
+	b = append(b, c.ID...)
+	b = append(b, `","coupon":`...)
+	cj, _ := json.Marshal(&c.Coupon)
+	b = append(b, cj...)
+	b = append(b, `,"valid_from":`...)
+	b = appendUnixTime(b, r.ValidFrom)
+	b = append(b, `,"valid_until":`...)
+	b = appendUnixTime(b, r.ValidUntil)
+	b = append(b, '}')
+	writeStatus(ctx, status.Granted, b)
+}
+
+func appendUnixTime(b []byte, sec int64) []byte {
+	if sec == 0 {
+		return append(b, "null"...)
+	}
+	b = append(b, '"')
+	b = time.Unix(sec, 0).UTC().AppendFormat(b, time.RFC3339)
+	return append(b, '"')
+}

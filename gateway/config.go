@@ -1,0 +1,294 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/knadh/koanf/parsers/yaml"
+	"github.com/knadh/koanf/providers/confmap"
+	"github.com/knadh/koanf/providers/file"
+	"github.com/knadh/koanf/v2"
+)
+
+// Config is the whole gateway configuration (DESIGN §5). Every key may be set
+// in the YAML file or by FLASHGATE_<KEY PATH IN CAPITALS, . → _>; lists and
+// maps from the environment are comma-separated (maps as k=v).
+type Config struct {
+	PublicAddr string      `koanf:"public_addr"`
+	AdminAddr  string      `koanf:"admin_addr"`
+	DataDir    string      `koanf:"data_dir"`
+	Redis      RedisConfig `koanf:"redis"`
+	NATS       NATSConfig  `koanf:"nats"`
+	Auth       AuthConfig  `koanf:"auth"`
+	Admin      AdminConfig `koanf:"admin"`
+	Store      StoreConfig `koanf:"store"`
+	Claim      ClaimConfig `koanf:"claim"`
+	HTTP       HTTPConfig  `koanf:"http"`
+	Log        LogConfig   `koanf:"log"`
+}
+
+type RedisConfig struct {
+	Addrs []string `koanf:"addrs"`
+	// Timeout bounds one Redis round trip of a claim (the claim deadline
+	// bounds the whole claim).
+	Timeout time.Duration `koanf:"timeout"`
+}
+
+type NATSConfig struct {
+	URL      string `koanf:"url"`      // empty = embedded JetStream under data_dir
+	Replicas int    `koanf:"replicas"` // stream / bucket replicas (1 on one machine)
+}
+
+type AuthConfig struct {
+	Mode             string        `koanf:"mode"` // jwt | trusted-header
+	HS256Secret      string        `koanf:"hs256_secret"`
+	Ed25519PublicKey string        `koanf:"ed25519_public_key"` // PEM or base64 of the 32-byte key
+	TrustedProxies   []string      `koanf:"trusted_proxies"`    // IPs or CIDRs
+	Leeway           time.Duration `koanf:"leeway"`
+}
+
+type AdminConfig struct {
+	Tokens map[string]string `koanf:"tokens"` // token -> role (admin | risk | viewer)
+}
+
+type StoreConfig struct {
+	Driver string `koanf:"driver"` // sqlite | postgres
+	DSN    string `koanf:"dsn"`
+}
+
+type ClaimConfig struct {
+	// Timeout is the deadline of one claim, from parse to answer.
+	Timeout time.Duration `koanf:"timeout"`
+	// IdempotencyTTL is how long an Idempotency-Key answers with its grant.
+	IdempotencyTTL time.Duration `koanf:"idempotency_ttl"`
+}
+
+type HTTPConfig struct {
+	ReadTimeout   time.Duration `koanf:"read_timeout"`
+	WriteTimeout  time.Duration `koanf:"write_timeout"`
+	IdleTimeout   time.Duration `koanf:"idle_timeout"`
+	Concurrency   int           `koanf:"concurrency"`
+	MaxConnsPerIP int           `koanf:"max_conns_per_ip"`
+	DrainTimeout  time.Duration `koanf:"drain_timeout"`
+}
+
+type LogConfig struct {
+	Level string `koanf:"level"` // debug | info | warn | error
+}
+
+// DefaultConfig is the embedded default: one machine, everything local.
+func DefaultConfig() Config {
+	return Config{
+		PublicAddr: "127.0.0.1:8080",
+		AdminAddr:  "127.0.0.1:8081",
+		DataDir:    "./data",
+		Redis:      RedisConfig{Addrs: []string{"127.0.0.1:6379"}, Timeout: 500 * time.Millisecond},
+		NATS:       NATSConfig{Replicas: 1},
+		Auth:       AuthConfig{Mode: "jwt", Leeway: 5 * time.Second},
+		Admin:      AdminConfig{Tokens: map[string]string{}},
+		Store:      StoreConfig{Driver: "sqlite"},
+		Claim:      ClaimConfig{Timeout: 2 * time.Second, IdempotencyTTL: 24 * time.Hour},
+		HTTP: HTTPConfig{
+			ReadTimeout:   5 * time.Second,
+			WriteTimeout:  5 * time.Second,
+			IdleTimeout:   60 * time.Second,
+			Concurrency:   16384,
+			MaxConnsPerIP: 4096,
+			DrainTimeout:  10 * time.Second,
+		},
+		Log: LogConfig{Level: "info"},
+	}
+}
+
+// LoadConfig reads path (may be empty: defaults only) and the environment,
+// and validates the result. Every unknown or invalid key is named.
+func LoadConfig(path string, environ []string) (Config, error) {
+	cfg := DefaultConfig()
+	k := koanf.New(".")
+	if path != "" {
+		if err := k.Load(file.Provider(path), yaml.Parser()); err != nil {
+			return cfg, fmt.Errorf("config: %s: %w", path, err)
+		}
+	}
+	if environ == nil {
+		environ = os.Environ()
+	}
+	envMap, err := envOverrides(environ)
+	if err != nil {
+		return cfg, err
+	}
+	if err := k.Load(confmap.Provider(envMap, "."), nil); err != nil {
+		return cfg, fmt.Errorf("config: env: %w", err)
+	}
+	var md mapstructure.Metadata
+	err = k.UnmarshalWithConf("", &cfg, koanf.UnmarshalConf{DecoderConfig: &mapstructure.DecoderConfig{
+		DecodeHook: mapstructure.ComposeDecodeHookFunc(
+			mapstructure.StringToTimeDurationHookFunc(),
+			mapstructure.StringToSliceHookFunc(","),
+		),
+		Metadata:         &md,
+		Result:           &cfg,
+		WeaklyTypedInput: true,
+		TagName:          "koanf",
+	}})
+	var errs []error
+	if err != nil {
+		errs = append(errs, fmt.Errorf("config: %w", err))
+	}
+	for _, u := range md.Unused {
+		errs = append(errs, fmt.Errorf("config: unknown key %q", u))
+	}
+	if err := cfg.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return cfg, errors.Join(errs...)
+}
+
+// envKeys maps FLASHGATE_ names to key paths; built from the known keys so
+// that underscores inside key names (public_addr) stay unambiguous.
+var envKeys = map[string]string{}
+
+func init() {
+	for _, key := range []string{
+		"public_addr", "admin_addr", "data_dir", "redis.addrs", "redis.timeout", "nats.url", "nats.replicas",
+		"auth.mode", "auth.hs256_secret", "auth.ed25519_public_key", "auth.trusted_proxies", "auth.leeway",
+		"admin.tokens", "store.driver", "store.dsn", "claim.timeout", "claim.idempotency_ttl",
+		"http.read_timeout", "http.write_timeout", "http.idle_timeout", "http.concurrency",
+		"http.max_conns_per_ip", "http.drain_timeout", "log.level",
+	} {
+		envKeys["FLASHGATE_"+strings.ToUpper(strings.ReplaceAll(key, ".", "_"))] = key
+	}
+}
+
+func envOverrides(environ []string) (map[string]any, error) {
+	out := map[string]any{}
+	var errs []error
+	for _, kv := range environ {
+		name, val, ok := strings.Cut(kv, "=")
+		if !ok || !strings.HasPrefix(name, "FLASHGATE_") {
+			continue
+		}
+		key, known := envKeys[name]
+		if !known {
+			errs = append(errs, fmt.Errorf("config: unknown environment variable %s", name))
+			continue
+		}
+		switch key {
+		case "admin.tokens":
+			m := map[string]any{}
+			for _, pair := range strings.Split(val, ",") {
+				tok, role, ok := strings.Cut(strings.TrimSpace(pair), "=")
+				if !ok {
+					errs = append(errs, fmt.Errorf("config: %s: want token=role pairs", name))
+					continue
+				}
+				m[tok] = role
+			}
+			out[key] = m
+		default:
+			out[key] = val
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// Validate reports every invalid key at once.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config: %s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	for key, addr := range map[string]string{"public_addr": c.PublicAddr, "admin_addr": c.AdminAddr} {
+		if _, err := netip.ParseAddrPort(addr); err != nil && !strings.HasPrefix(addr, ":") {
+			bad(key, "want host:port, got %q", addr)
+		}
+	}
+	if c.DataDir == "" {
+		bad("data_dir", "is empty")
+	}
+	if len(c.Redis.Addrs) == 0 {
+		bad("redis.addrs", "needs at least one address")
+	}
+	for _, a := range c.Redis.Addrs {
+		if !strings.Contains(a, ":") {
+			bad("redis.addrs", "want host:port, got %q", a)
+		}
+	}
+	if c.Redis.Timeout <= 0 {
+		bad("redis.timeout", "must be positive")
+	}
+	if c.NATS.Replicas < 1 || c.NATS.Replicas > 5 {
+		bad("nats.replicas", "must be 1..5")
+	}
+	switch c.Auth.Mode {
+	case "jwt":
+		if (c.Auth.HS256Secret == "") == (c.Auth.Ed25519PublicKey == "") {
+			bad("auth", "mode jwt needs exactly one of auth.hs256_secret and auth.ed25519_public_key (it pins the algorithm)")
+		}
+		if c.Auth.HS256Secret != "" && len(c.Auth.HS256Secret) < 32 {
+			bad("auth.hs256_secret", "must be at least 32 bytes")
+		}
+		if c.Auth.Ed25519PublicKey != "" {
+			if _, err := parseEd25519PublicKey(c.Auth.Ed25519PublicKey); err != nil {
+				bad("auth.ed25519_public_key", "%v", err)
+			}
+		}
+	case "trusted-header":
+		if len(c.Auth.TrustedProxies) == 0 {
+			bad("auth.trusted_proxies", "mode trusted-header needs at least one trusted proxy")
+		}
+	default:
+		bad("auth.mode", "must be jwt or trusted-header, got %q", c.Auth.Mode)
+	}
+	if _, err := parsePrefixes(c.Auth.TrustedProxies); err != nil {
+		bad("auth.trusted_proxies", "%v", err)
+	}
+	if c.Auth.Leeway < 0 || c.Auth.Leeway > time.Minute {
+		bad("auth.leeway", "must be 0..1m")
+	}
+	for tok, role := range c.Admin.Tokens {
+		if len(tok) < 16 {
+			bad("admin.tokens", "token %q… is shorter than 16 characters", tok[:min(4, len(tok))])
+		}
+		if _, ok := roleRank[role]; !ok {
+			bad("admin.tokens", "role %q must be admin, risk or viewer", role)
+		}
+	}
+	switch c.Store.Driver {
+	case "sqlite", "postgres":
+	default:
+		bad("store.driver", "must be sqlite or postgres, got %q", c.Store.Driver)
+	}
+	if c.Store.Driver == "postgres" && c.Store.DSN == "" {
+		bad("store.dsn", "is required for driver postgres")
+	}
+	if c.Claim.Timeout < 10*time.Millisecond || c.Claim.Timeout > 30*time.Second {
+		bad("claim.timeout", "must be 10ms..30s")
+	}
+	if c.Claim.IdempotencyTTL < time.Minute || c.Claim.IdempotencyTTL > 30*24*time.Hour {
+		bad("claim.idempotency_ttl", "must be 1m..720h")
+	}
+	for key, d := range map[string]time.Duration{"http.read_timeout": c.HTTP.ReadTimeout, "http.write_timeout": c.HTTP.WriteTimeout,
+		"http.idle_timeout": c.HTTP.IdleTimeout, "http.drain_timeout": c.HTTP.DrainTimeout} {
+		if d <= 0 || d > 10*time.Minute {
+			bad(key, "must be in (0, 10m]")
+		}
+	}
+	if c.HTTP.Concurrency < 1 || c.HTTP.Concurrency > 1<<20 {
+		bad("http.concurrency", "must be 1..%d", 1<<20)
+	}
+	if c.HTTP.MaxConnsPerIP < 1 || c.HTTP.MaxConnsPerIP > 1<<20 {
+		bad("http.max_conns_per_ip", "must be 1..%d", 1<<20)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "must be debug, info, warn or error")
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,365 @@
+// Package gateway is flashgate's HTTP edge: the public claim listener, the
+// admin listener, claim orchestration, health and configuration.
+//
+// A claim (claim.go) runs, in the handler goroutine fasthttp gives it:
+// parse and authenticate → campaign state from the local registry snapshot →
+// local sold-out flag → one stock script on the user's home shard (stealing
+// from another shard when that is empty; package stock) → a synced ledger
+// append (package ledger) → the answer. "granted" is written only after the
+// append returned (I4); any dependency failure answers 503 "unavailable"
+// with Retry-After and grants nothing (I7).
+//
+// Goroutines, each ending when Run's context ends: the two fasthttp servers,
+// the campaign watch (campaign.Registry.Run), the Redis connector, the stats
+// flusher and the transfer sweeper. Handler goroutines share only the
+// registry snapshot (atomic pointer), the sold-out flags and stats counters
+// (atomics), the ledger and the Redis client (both safe for concurrent use).
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/rueidis"
+	"github.com/valyala/fasthttp"
+
+	"github.com/flashgate/flashgate/gateway/campaign"
+	"github.com/flashgate/flashgate/gateway/stock"
+	"github.com/flashgate/flashgate/ledger"
+)
+
+const (
+	// retryAfterSeconds is the Retry-After of a 503: long enough for Redis or
+	// a disk hiccup to pass, short enough for a drop.
+	retryAfterSeconds = 1
+	// redisConnectBackoffMax bounds the wait between Redis connection attempts.
+	redisConnectBackoffMax = 2 * time.Second
+	// statsFlushInterval is how often per-gateway claim counters reach Redis.
+	statsFlushInterval = time.Second
+	// sweepInterval is how often orphaned stock transfers are landed.
+	sweepInterval = 2 * time.Second
+	// soldOutRecheck is how long a local sold-out flag answers without Redis
+	// before one request re-probes (stock may be added by PATCH).
+	soldOutRecheck = time.Second
+	// publicBodyLenMax is DESIGN §3's claim body limit.
+	publicBodyLenMax = 4 << 10
+	// serverBodyLenMax is the server-level cap; bigger bodies are refused by
+	// fasthttp before the handler (answered by errorHandler as 400).
+	serverBodyLenMax = 64 << 10
+	// adminBodyLenMax bounds admin request bodies.
+	adminBodyLenMax = 1 << 20
+	// headerBufLen bounds request line + headers.
+	headerBufLen = 8 << 10
+)
+
+// Gateway is one gateway process's state.
+type Gateway struct {
+	cfg     Config
+	log     *slog.Logger
+	now     func() time.Time
+	ledger  *ledger.Ledger
+	stockP  atomic.Pointer[stock.Store]
+	redisC  atomic.Pointer[rueidis.Client]
+	ns      *server.Server // embedded NATS, nil with nats.url
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	reg     *campaign.Registry
+	verify  *verifier
+	proxies proxySet
+	roles   map[string]role
+	metrics *metrics
+	stats   statsCounters
+	soldOut sync.Map // campaign id -> *atomic.Int64 (unix nanos until which sold_out is answered locally)
+
+	public, admin     *fasthttp.Server
+	publicLn, adminLn net.Listener
+	draining          atomic.Bool
+	closeOnce         sync.Once
+}
+
+// Option adjusts New for tests and embedding.
+type Option func(*Gateway)
+
+// WithClock sets the clock used for campaign windows and tokens.
+func WithClock(now func() time.Time) Option { return func(g *Gateway) { g.now = now } }
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option { return func(g *Gateway) { g.log = l } }
+
+// New opens the ledger and the control plane and prepares the servers. Redis
+// may be down: claims answer 503 until it is reachable (I7).
+func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	g := &Gateway{cfg: cfg, now: time.Now, log: slog.Default()}
+	for _, o := range opts {
+		o(g)
+	}
+	var err error
+	if g.proxies, err = parsePrefixes(cfg.Auth.TrustedProxies); err != nil {
+		return nil, err
+	}
+	if cfg.Auth.Mode == "jwt" {
+		if g.verify, err = newVerifier(cfg.Auth, g.now); err != nil {
+			return nil, err
+		}
+	}
+	g.roles = make(map[string]role, len(cfg.Admin.Tokens))
+	for tok, r := range cfg.Admin.Tokens {
+		g.roles[tok] = roleRank[r]
+	}
+	g.metrics = newMetrics()
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("gateway: data dir: %w", err)
+	}
+	if g.ledger, err = ledger.Open(ledger.Options{Dir: filepath.Join(cfg.DataDir, "ledger"), Logger: g.log}); err != nil {
+		return nil, err
+	}
+	if err := g.openNATS(ctx); err != nil {
+		g.Close()
+		return nil, err
+	}
+	g.public = g.newServer("flashgate-public", g.handlePublic, serverBodyLenMax)
+	g.admin = g.newServer("flashgate-admin", g.handleAdmin, adminBodyLenMax)
+	return g, nil
+}
+
+func (g *Gateway) openNATS(ctx context.Context) error {
+	var err error
+	if g.cfg.NATS.URL == "" {
+		g.ns, err = server.NewServer(&server.Options{
+			ServerName: "flashgate-embedded",
+			Host:       "127.0.0.1",
+			Port:       server.RANDOM_PORT,
+			JetStream:  true,
+			StoreDir:   filepath.Join(g.cfg.DataDir, "nats"),
+			NoSigs:     true,
+			NoLog:      true,
+		})
+		if err != nil {
+			return fmt.Errorf("gateway: embedded nats: %w", err)
+		}
+		g.ns.Start()
+		if !g.ns.ReadyForConnections(10 * time.Second) {
+			return errors.New("gateway: embedded nats did not start within 10s")
+		}
+		g.nc, err = nats.Connect("", nats.InProcessServer(g.ns), nats.Name("flashgate-gateway"))
+	} else {
+		g.nc, err = nats.Connect(g.cfg.NATS.URL, nats.Name("flashgate-gateway"), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
+	}
+	if err != nil {
+		return fmt.Errorf("gateway: nats connect: %w", err)
+	}
+	if g.js, err = jetstream.New(g.nc); err != nil {
+		return fmt.Errorf("gateway: jetstream: %w", err)
+	}
+	octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if g.reg, err = campaign.OpenRegistry(octx, g.js, g.cfg.NATS.Replicas, g.log); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (g *Gateway) newServer(name string, h fasthttp.RequestHandler, bodyMax int) *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler:               h,
+		ErrorHandler:          g.errorHandler,
+		Name:                  name,
+		NoDefaultServerHeader: true,
+		Concurrency:           g.cfg.HTTP.Concurrency,
+		MaxConnsPerIP:         g.cfg.HTTP.MaxConnsPerIP,
+		MaxRequestsPerConn:    0, // unlimited: apps keep connections alive through a drop; IdleTimeout reaps them
+		ReadTimeout:           g.cfg.HTTP.ReadTimeout,
+		WriteTimeout:          g.cfg.HTTP.WriteTimeout,
+		IdleTimeout:           g.cfg.HTTP.IdleTimeout,
+		MaxIdleWorkerDuration: 10 * time.Second,
+		MaxRequestBodySize:    bodyMax,
+		ReadBufferSize:        headerBufLen,
+		WriteBufferSize:       headerBufLen,
+		TCPKeepalive:          true,
+		CloseOnShutdown:       true,
+		Logger:                fasthttpLogger{g.log},
+	}
+}
+
+// Listen binds both listeners (":0" picks a free port; see PublicAddr).
+func (g *Gateway) Listen() error {
+	var err error
+	if g.publicLn == nil {
+		if g.publicLn, err = net.Listen("tcp", g.cfg.PublicAddr); err != nil {
+			return fmt.Errorf("gateway: public listener: %w", err)
+		}
+	}
+	if g.adminLn == nil {
+		if g.adminLn, err = net.Listen("tcp", g.cfg.AdminAddr); err != nil {
+			return fmt.Errorf("gateway: admin listener: %w", err)
+		}
+	}
+	return nil
+}
+
+// UseListeners makes Run serve on the given listeners (tests: in-memory).
+func (g *Gateway) UseListeners(public, admin net.Listener) { g.publicLn, g.adminLn = public, admin }
+
+// PublicAddr and AdminAddr are the bound addresses after Listen.
+func (g *Gateway) PublicAddr() string { return g.publicLn.Addr().String() }
+func (g *Gateway) AdminAddr() string  { return g.adminLn.Addr().String() }
+
+// Run serves until ctx ends, then drains: /readyz turns 503, in-flight
+// requests finish within http.drain_timeout, and every goroutine stops.
+func (g *Gateway) Run(ctx context.Context) error {
+	if err := g.Listen(); err != nil {
+		return err
+	}
+	bg, stopBG := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, f := range []func(context.Context){g.reg.Run, g.connectRedis, g.flushStats, g.sweepTransfers} {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(bg) }()
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err := g.reg.WaitReady(rctx)
+	cancel()
+	if err != nil {
+		stopBG()
+		wg.Wait()
+		return err
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- g.public.Serve(g.publicLn) }()
+	go func() { errc <- g.admin.Serve(g.adminLn) }()
+	g.log.Info("flashgate serving", "public", g.PublicAddr(), "admin", g.AdminAddr())
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	g.draining.Store(true)
+	dctx, cancel := context.WithTimeout(context.Background(), g.cfg.HTTP.DrainTimeout)
+	defer cancel()
+	_ = g.public.ShutdownWithContext(dctx)
+	_ = g.admin.ShutdownWithContext(dctx)
+	stopBG()
+	wg.Wait()
+	g.flushStatsOnce(dctx)
+	return serveErr
+}
+
+// Close releases every resource. Safe to call more than once.
+func (g *Gateway) Close() {
+	g.closeOnce.Do(func() {
+		if c := g.redisC.Load(); c != nil {
+			(*c).Close()
+		}
+		if g.nc != nil {
+			g.nc.Close()
+		}
+		if g.ns != nil {
+			g.ns.Shutdown()
+			g.ns.WaitForShutdown()
+		}
+		if g.ledger != nil {
+			_ = g.ledger.Close()
+		}
+	})
+}
+
+// Ledger exposes the gateway's ledger (audit, tests).
+func (g *Gateway) Ledger() *ledger.Ledger { return g.ledger }
+
+// connectRedis creates the Redis client, retrying with a bounded backoff
+// until it succeeds or ctx ends. Once created, rueidis reconnects by itself.
+func (g *Gateway) connectRedis(ctx context.Context) {
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		c, err := NewRedisClient(g.cfg.Redis)
+		if err == nil {
+			g.redisC.Store(&c)
+			g.stockP.Store(stock.New(c))
+			g.log.Info("redis connected", "addrs", g.cfg.Redis.Addrs)
+			return
+		}
+		g.log.Warn("redis not reachable; claims answer 503 until it is", "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, redisConnectBackoffMax)
+	}
+}
+
+// NewRedisClient builds the rueidis client flashgate uses: auto-pipelined,
+// client-side caching off, and retries off — every script is idempotent and
+// re-run explicitly by package stock, never blindly by the client.
+func NewRedisClient(c RedisConfig) (rueidis.Client, error) {
+	return rueidis.NewClient(rueidis.ClientOption{
+		InitAddress:       c.Addrs,
+		DisableRetry:      true,
+		DisableCache:      true,
+		ConnWriteTimeout:  max(c.Timeout, time.Second),
+		Dialer:            net.Dialer{Timeout: c.Timeout, KeepAlive: 10 * time.Second},
+		BlockingPoolSize:  64,
+		PipelineMultiplex: 2,
+	})
+}
+
+func (g *Gateway) stock() *stock.Store { return g.stockP.Load() }
+
+func (g *Gateway) flushStats(ctx context.Context) {
+	t := time.NewTicker(statsFlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			g.flushStatsOnce(ctx)
+		}
+	}
+}
+
+func (g *Gateway) sweepTransfers(ctx context.Context) {
+	t := time.NewTicker(sweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		st := g.stock()
+		if st == nil {
+			continue
+		}
+		for _, c := range g.reg.List() {
+			if c.Shards < 2 || c.Deleted {
+				continue
+			}
+			sctx, cancel := context.WithTimeout(ctx, time.Second)
+			n, err := st.Sweep(sctx, c.ID, c.Shards, g.now())
+			cancel()
+			if n > 0 {
+				g.metrics.transfersSwept.Add(float64(n))
+				g.log.Info("landed orphaned stock transfers", "campaign", c.ID, "count", n)
+			}
+			if err != nil {
+				break
+			}
+		}
+	}
+}

@@ -1,0 +1,100 @@
+package stock
+
+import "github.com/redis/rueidis"
+
+// Reply status codes shared by the scripts. A reply is always an array whose
+// first element is one of these, so "sold out" is never confused with "0
+// remaining" (DESIGN §8).
+const (
+	replyGranted     = 1 // {1, grantID, remainingOnShard}
+	replyAlready     = 2 // {2, {grantIDs...}}
+	replyEmpty       = 3 // {3, 0}: this shard has no stock
+	replyNotInit     = 4 // {4}: the shard's stock key is missing (never initialised, or Redis lost it)
+	replyReplay      = 5 // {5, grantID}: this attempt already granted; same grant returned
+	replyTaken       = 6 // {6, amount}: transfer recorded on the donor
+	replyInitialized = 7 // {7, created 0|1}
+)
+
+// claimBody is the claim logic, shared by claimScript. KEYS:
+//
+//	1 stock   2 granted   3 user's grant set   4 attempt record   5 incoming-transfer marker
+//
+// ARGV: 1 grant id   2 per-user limit   3 attempt TTL seconds   4 transfer amount (0 = none)
+//
+// With ARGV[4] > 0 the script first credits a transfer taken from a donor
+// shard, once per marker key (KEYS[5], SET NX): a re-run after a lost reply
+// does not credit twice.
+var claimScript = rueidis.NewLuaScript(`
+local stock = redis.call('GET', KEYS[1])
+if not stock then return {4} end
+local amount = tonumber(ARGV[4])
+if amount > 0 then
+  if redis.call('SET', KEYS[5], '1', 'NX', 'EX', 604800) then
+    stock = redis.call('INCRBY', KEYS[1], amount)
+  end
+end
+local prior = redis.call('GET', KEYS[4])
+if prior then return {5, prior} end
+if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[2]) then
+  return {2, redis.call('SMEMBERS', KEYS[3])}
+end
+stock = tonumber(stock)
+if stock <= 0 then return {3, 0} end
+redis.call('DECR', KEYS[1])
+redis.call('INCR', KEYS[2])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[3])
+return {1, ARGV[1], stock - 1}
+`)
+
+// takeScript moves up to ARGV[2] units out of a donor shard into a pending
+// transfer record, atomically. KEYS: 1 stock   2 pending transfers (hash)
+// ARGV: 1 transfer id   2 amount wanted   3 recipient shard   4 now (unix ms)
+// Re-running it with the same transfer id returns the first answer.
+var takeScript = rueidis.NewLuaScript(`
+local prior = redis.call('HGET', KEYS[2], ARGV[1])
+if prior then
+  local k = string.match(prior, '^%d+:(%d+):')
+  return {6, tonumber(k)}
+end
+local s = redis.call('GET', KEYS[1])
+if not s then return {4} end
+s = tonumber(s)
+if s <= 0 then return {3, 0} end
+local k = math.min(s, tonumber(ARGV[2]))
+redis.call('DECRBY', KEYS[1], k)
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3] .. ':' .. k .. ':' .. ARGV[4])
+return {6, k}
+`)
+
+// creditScript lands a pending transfer on its recipient without claiming
+// (used by the sweeper). KEYS: 1 stock   2 incoming-transfer marker
+// ARGV: 1 amount
+var creditScript = rueidis.NewLuaScript(`
+if not redis.call('GET', KEYS[1]) then return {4} end
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 604800) then
+  redis.call('INCRBY', KEYS[1], ARGV[1])
+end
+return {1}
+`)
+
+// initScript sets a shard's initial stock once. KEYS: 1 stock  2 granted
+// ARGV: 1 units.
+var initScript = rueidis.NewLuaScript(`
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  redis.call('SET', KEYS[2], '0', 'NX')
+  return {7, 1}
+end
+return {7, 0}
+`)
+
+// addScript adds units to a shard (PATCH stock). KEYS: 1 stock  2 add marker
+// ARGV: 1 units. Idempotent by the marker (one per change id and shard).
+var addScript = rueidis.NewLuaScript(`
+if not redis.call('GET', KEYS[1]) then return {4} end
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 604800) then
+  redis.call('INCRBY', KEYS[1], ARGV[1])
+  return {7, 1}
+end
+return {7, 0}
+`)

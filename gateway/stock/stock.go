@@ -1,0 +1,500 @@
+// Package stock owns the Redis side of a drop: the key schema, the Lua
+// scripts, shard routing and the movement of stock between shards.
+//
+// # Key schema
+//
+// A campaign's stock is split over S shards. Every key of shard s carries the
+// hash tag {<campaign>.<s>}, so each script touches exactly one Redis Cluster
+// slot:
+//
+//	fg:{c.s}:stock              remaining units on the shard (missing = not initialised)
+//	fg:{c.s}:granted            grants made on the shard
+//	fg:{c.s}:u:<user>           SET of the user's grant ids   (only on the user's home shard)
+//	fg:{c.s}:a:<user>:<attempt> grant id of one claim attempt (TTL; the idempotency record)
+//	fg:{c.s}:xfer               HASH transfer id -> "<recipient>:<units>:<unix ms>" (pending, on the donor)
+//	fg:{c.s}:xin:<transfer id>  marker "credited" on the recipient (TTL 7 days)
+//
+// # Claims and the per-user limit (I1, I2)
+//
+// A user's home shard is fnv32a(user) mod S. Every claim of that user runs
+// claimScript on that shard, which in one atomic step checks the attempt
+// record (idempotency), the user's grant count against per_user_limit, and the
+// shard's stock, then decrements the stock and records the grant. Because all
+// of a user's grants live in one slot, I2 holds across any number of gateways.
+// Stock never goes below zero on any shard (I1).
+//
+// # No false sold-out (I3): stealing one unit at a time
+//
+// When the home shard is empty, the gateway surveys every shard (stock and
+// pending transfers). If all are zero, twice in a row, the campaign is sold
+// out. Otherwise it picks the shard with the most stock as donor and:
+//
+//  1. takeScript on the donor: stock -1 and a pending transfer record, atomically;
+//  2. claimScript on the home shard with amount=1: credit the unit once (marker
+//     key set NX, so a re-run cannot credit twice) and claim it for this user;
+//  3. HDEL of the transfer record on the donor.
+//
+// A unit is always either on a shard or in exactly one pending record, so
+// stock is conserved; the stealer claims the unit it moved in the same script
+// that credits it, so moved stock does not rest where a survey might miss it.
+// A gateway that dies between 1 and 3 leaves a pending record; Sweep (run
+// periodically by every gateway) credits records older than transferOrphanAge
+// to their recipient (idempotent through the marker) and deletes them.
+// Markers live 7 days and Sweep refuses records older than 6 days, so a marker
+// always outlives the record it guards.
+//
+// # Outcome unknown
+//
+// A timeout or connection error means the script was probably sent and may
+// have run. Every script here is idempotent by an id chosen before the first
+// send (attempt key, transfer id, marker), so Store re-runs the same script
+// with the same arguments, a bounded number of times within the caller's
+// deadline, and otherwise reports ErrUnavailable. The client is created with
+// retries disabled so nothing is re-sent behind our back.
+package stock
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+const (
+	// ShardsMax bounds shards per campaign: a survey costs 2 commands per shard.
+	ShardsMax = 1024
+	// scriptAttemptsMax bounds re-runs of one idempotent script after an
+	// unknown outcome.
+	scriptAttemptsMax = 3
+	// stealRoundsMax bounds survey+take rounds of one claim whose home shard
+	// is empty; each round loses only to another stealer taking the same unit.
+	stealRoundsMax = 8
+	// transferOrphanAge: a pending transfer older than this has lost its
+	// gateway (claims have a deadline of a second or two).
+	transferOrphanAge = 10 * time.Second
+	// transferSweepAgeMax: older records are not auto-credited, because their
+	// 7-day marker may have expired (see package comment).
+	transferSweepAgeMax = 6 * 24 * time.Hour
+)
+
+// ErrUnavailable means Redis could not be reached, or did not answer, within
+// the deadline. Nothing is known to have been granted.
+var ErrUnavailable = errors.New("stock: redis unavailable")
+
+// ErrNotInitialized means a shard's stock key is missing: the campaign was
+// never initialised, or Redis lost its data (I8). Grant nothing.
+var ErrNotInitialized = errors.New("stock: shard not initialised")
+
+// Outcome of a claim at the stock layer.
+type Outcome uint8
+
+const (
+	Granted Outcome = iota + 1
+	AlreadyClaimed
+	SoldOut
+)
+
+// Claim describes one claim attempt.
+type Claim struct {
+	Campaign     string
+	Shards       int
+	PerUserLimit int
+	User         string
+	// AttemptKey identifies this tap across retries: the client's
+	// Idempotency-Key, or a fresh random id per request.
+	AttemptKey string
+	AttemptTTL time.Duration
+	// GrantID is used if this attempt grants; minted by the caller.
+	GrantID string
+}
+
+// Result of a claim.
+type Result struct {
+	Outcome  Outcome
+	GrantID  string   // Granted
+	Replay   bool     // Granted: the attempt had granted before; GrantID is that grant
+	Shard    int      // shard the grant was recorded on (the user's home)
+	GrantIDs []string // AlreadyClaimed: the user's grants
+}
+
+// Store runs the scripts against one Redis deployment (single node or cluster).
+type Store struct {
+	c rueidis.Client
+}
+
+// New wraps a rueidis client. The client should have DisableRetry set.
+func New(c rueidis.Client) *Store { return &Store{c: c} }
+
+// HomeShard returns the user's home shard.
+func HomeShard(user string, shards int) int {
+	h := fnv.New32a()
+	h.Write([]byte(user))
+	return int(h.Sum32() % uint32(shards))
+}
+
+func tag(campaign string, shard int) string {
+	return "fg:{" + campaign + "." + strconv.Itoa(shard) + "}:"
+}
+
+// StockKey, GrantedKey, UserKey name keys of the schema (also used by audit and tests).
+func StockKey(campaign string, shard int) string   { return tag(campaign, shard) + "stock" }
+func GrantedKey(campaign string, shard int) string { return tag(campaign, shard) + "granted" }
+func UserKey(campaign string, shard int, user string) string {
+	return tag(campaign, shard) + "u:" + user
+}
+func xferKey(campaign string, shard int) string { return tag(campaign, shard) + "xfer" }
+func xinKey(campaign string, shard int, id string) string {
+	return tag(campaign, shard) + "xin:" + id
+}
+
+// Split returns the initial units of each shard: stock divided as evenly as
+// possible.
+func Split(stock int64, shards int) []int64 {
+	out := make([]int64, shards)
+	for i := range out {
+		out[i] = stock / int64(shards)
+		if int64(i) < stock%int64(shards) {
+			out[i]++
+		}
+	}
+	return out
+}
+
+// Init sets each shard's initial stock. It is idempotent: shards already
+// initialised are left as they are.
+func (s *Store) Init(ctx context.Context, campaign string, stock int64, shards int) error {
+	if shards < 1 || shards > ShardsMax {
+		return fmt.Errorf("stock: shards %d outside 1..%d", shards, ShardsMax)
+	}
+	for i, units := range Split(stock, shards) {
+		keys := []string{StockKey(campaign, i), GrantedKey(campaign, i)}
+		if _, err := s.run(ctx, initScript, keys, []string{strconv.FormatInt(units, 10)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Add spreads units over the shards, idempotent by changeID.
+func (s *Store) Add(ctx context.Context, campaign string, shards int, units int64, changeID string) error {
+	for i, u := range Split(units, shards) {
+		if u == 0 {
+			continue
+		}
+		keys := []string{StockKey(campaign, i), tag(campaign, i) + "add:" + changeID}
+		r, err := s.run(ctx, addScript, keys, []string{strconv.FormatInt(u, 10)})
+		if err != nil {
+			return err
+		}
+		if r.status == replyNotInit {
+			return ErrNotInitialized
+		}
+	}
+	return nil
+}
+
+// Claim runs one claim: on the user's home shard, and when that is empty, by
+// stealing a unit from another shard (see package comment).
+func (s *Store) Claim(ctx context.Context, c *Claim) (Result, error) {
+	home := HomeShard(c.User, c.Shards)
+	keys := claimKeys(c, home, "")
+	args := []string{c.GrantID, strconv.Itoa(c.PerUserLimit), ttlArg(c.AttemptTTL), "0"}
+	r, err := s.run(ctx, claimScript, keys, args)
+	if err != nil {
+		return Result{}, err
+	}
+	if r.status != replyEmpty || c.Shards == 1 {
+		return r.result(home)
+	}
+	return s.steal(ctx, c, home)
+}
+
+func claimKeys(c *Claim, home int, xferID string) []string {
+	t := tag(c.Campaign, home)
+	return []string{t + "stock", t + "granted", t + "u:" + c.User, t + "a:" + c.User + ":" + c.AttemptKey, t + "xin:" + xferID}
+}
+
+func ttlArg(d time.Duration) string {
+	sec := int64(d / time.Second)
+	if sec < 1 {
+		sec = 1
+	}
+	return strconv.FormatInt(sec, 10)
+}
+
+func (s *Store) steal(ctx context.Context, c *Claim, home int) (Result, error) {
+	zeroSurveys := 0
+	for round := 0; round < stealRoundsMax; round++ {
+		sv, err := s.survey(ctx, c.Campaign, c.Shards)
+		if err != nil {
+			return Result{}, err
+		}
+		donor, best := -1, int64(0)
+		for i, u := range sv.stock {
+			if i != home && u > best {
+				donor, best = i, u
+			}
+		}
+		if donor < 0 {
+			if sv.stock[home] > 0 {
+				// Stock arrived home (a PATCH, or a swept transfer): claim it directly.
+				keys := claimKeys(c, home, "")
+				r, err := s.run(ctx, claimScript, keys, []string{c.GrantID, strconv.Itoa(c.PerUserLimit), ttlArg(c.AttemptTTL), "0"})
+				if err != nil {
+					return Result{}, err
+				}
+				if r.status != replyEmpty {
+					return r.result(home)
+				}
+				continue
+			}
+			if sv.pending == 0 {
+				zeroSurveys++
+				if zeroSurveys == 2 {
+					return Result{Outcome: SoldOut}, nil
+				}
+			}
+			continue // units in flight, or one zero survey: look again
+		}
+		zeroSurveys = 0
+		xferID := newID()
+		took, err := s.run(ctx, takeScript, []string{StockKey(c.Campaign, donor), xferKey(c.Campaign, donor)},
+			[]string{xferID, "1", strconv.Itoa(home), strconv.FormatInt(time.Now().UnixMilli(), 10)})
+		if err != nil {
+			return Result{}, err
+		}
+		if took.status != replyTaken {
+			continue // someone else emptied the donor first
+		}
+		keys := claimKeys(c, home, xferID)
+		r, err := s.run(ctx, claimScript, keys, []string{c.GrantID, strconv.Itoa(c.PerUserLimit), ttlArg(c.AttemptTTL), strconv.FormatInt(took.n, 10)})
+		if err != nil {
+			return Result{}, err // transfer stays pending; Sweep lands it
+		}
+		// The unit is credited; the pending record can go. If this fails the
+		// sweeper finishes it (idempotent through the marker).
+		_ = s.c.Do(ctx, s.c.B().Hdel().Key(xferKey(c.Campaign, donor)).Field(xferID).Build()).Error()
+		if r.status == replyEmpty {
+			continue
+		}
+		return r.result(home)
+	}
+	// Every round lost a race for the last units; let the app retry.
+	return Result{}, fmt.Errorf("%w: lost %d steal rounds", ErrUnavailable, stealRoundsMax)
+}
+
+type surveyResult struct {
+	stock   []int64
+	pending int64 // units in pending transfers, all shards
+}
+
+func (s *Store) survey(ctx context.Context, campaign string, shards int) (surveyResult, error) {
+	cmds := make(rueidis.Commands, 0, 2*shards)
+	for i := 0; i < shards; i++ {
+		cmds = append(cmds, s.c.B().Get().Key(StockKey(campaign, i)).Build())
+		cmds = append(cmds, s.c.B().Hvals().Key(xferKey(campaign, i)).Build())
+	}
+	res := s.c.DoMulti(ctx, cmds...)
+	sv := surveyResult{stock: make([]int64, shards)}
+	for i := 0; i < shards; i++ {
+		v, err := res[2*i].AsInt64()
+		if rueidis.IsRedisNil(err) {
+			return sv, ErrNotInitialized
+		}
+		if err != nil {
+			return sv, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		sv.stock[i] = v
+		vals, err := res[2*i+1].AsStrSlice()
+		if err != nil {
+			return sv, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		for _, rec := range vals {
+			if _, units, _, ok := parseTransfer(rec); ok {
+				sv.pending += units
+			}
+		}
+	}
+	return sv, nil
+}
+
+func parseTransfer(rec string) (recipient int, units int64, atMillis int64, ok bool) {
+	parts := strings.Split(rec, ":")
+	if len(parts) != 3 {
+		return 0, 0, 0, false
+	}
+	r, err1 := strconv.Atoi(parts[0])
+	u, err2 := strconv.ParseInt(parts[1], 10, 64)
+	at, err3 := strconv.ParseInt(parts[2], 10, 64)
+	return r, u, at, err1 == nil && err2 == nil && err3 == nil
+}
+
+// Sweep lands pending transfers older than transferOrphanAge (left by a
+// gateway that died mid-steal). It returns how many it completed.
+func (s *Store) Sweep(ctx context.Context, campaign string, shards int, now time.Time) (int, error) {
+	done := 0
+	for donor := 0; donor < shards; donor++ {
+		m, err := s.c.Do(ctx, s.c.B().Hgetall().Key(xferKey(campaign, donor)).Build()).AsStrMap()
+		if err != nil {
+			return done, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		for id, rec := range m {
+			recipient, units, at, ok := parseTransfer(rec)
+			age := now.Sub(time.UnixMilli(at))
+			if !ok || recipient < 0 || recipient >= shards || age < transferOrphanAge || age > transferSweepAgeMax {
+				continue
+			}
+			r, err := s.run(ctx, creditScript, []string{StockKey(campaign, recipient), xinKey(campaign, recipient, id)}, []string{strconv.FormatInt(units, 10)})
+			if err != nil {
+				return done, err
+			}
+			if r.status != replyGranted {
+				continue
+			}
+			if err := s.c.Do(ctx, s.c.B().Hdel().Key(xferKey(campaign, donor)).Field(id).Build()).Error(); err != nil {
+				return done, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			}
+			done++
+		}
+	}
+	return done, nil
+}
+
+// Counts are a campaign's live figures in Redis.
+type Counts struct {
+	Remaining int64   // on shards plus pending transfers
+	Granted   int64   // sum of per-shard grant counters
+	Shards    []int64 // remaining per shard
+	Pending   int64
+}
+
+// Count reads the campaign's counters.
+func (s *Store) Count(ctx context.Context, campaign string, shards int) (Counts, error) {
+	sv, err := s.survey(ctx, campaign, shards)
+	if err != nil {
+		return Counts{}, err
+	}
+	cmds := make(rueidis.Commands, 0, shards)
+	for i := 0; i < shards; i++ {
+		cmds = append(cmds, s.c.B().Get().Key(GrantedKey(campaign, i)).Build())
+	}
+	c := Counts{Shards: sv.stock, Pending: sv.pending, Remaining: sv.pending}
+	for i, r := range s.c.DoMulti(ctx, cmds...) {
+		v, err := r.AsInt64()
+		if err != nil && !rueidis.IsRedisNil(err) {
+			return c, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		c.Granted += v
+		c.Remaining += sv.stock[i]
+	}
+	return c, nil
+}
+
+// UserGrants returns the grant ids Redis holds for a user in a campaign.
+func (s *Store) UserGrants(ctx context.Context, campaign string, shards int, user string) ([]string, error) {
+	v, err := s.c.Do(ctx, s.c.B().Smembers().Key(UserKey(campaign, HomeShard(user, shards), user)).Build()).AsStrSlice()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	return v, nil
+}
+
+type reply struct {
+	status int64
+	n      int64
+	id     string
+	ids    []string
+}
+
+func (r reply) result(shard int) (Result, error) {
+	switch r.status {
+	case replyGranted:
+		return Result{Outcome: Granted, GrantID: r.id, Shard: shard}, nil
+	case replyReplay:
+		return Result{Outcome: Granted, GrantID: r.id, Replay: true, Shard: shard}, nil
+	case replyAlready:
+		return Result{Outcome: AlreadyClaimed, GrantIDs: r.ids, Shard: shard}, nil
+	case replyEmpty:
+		return Result{Outcome: SoldOut, Shard: shard}, nil
+	case replyNotInit:
+		return Result{}, ErrNotInitialized
+	}
+	return Result{}, fmt.Errorf("stock: unexpected script status %d", r.status)
+}
+
+// run executes an idempotent script, re-running it with the same arguments
+// after an unknown outcome (timeout, broken connection), at most
+// scriptAttemptsMax times and never past ctx's deadline.
+func (s *Store) run(ctx context.Context, script *rueidis.Lua, keys, args []string) (reply, error) {
+	var last error
+	for attempt := 0; attempt < scriptAttemptsMax; attempt++ {
+		if ctx.Err() != nil {
+			break
+		}
+		res := script.Exec(ctx, s.c, keys, args)
+		if err := res.Error(); err != nil {
+			if _, isRedisErr := rueidis.IsRedisErr(err); isRedisErr {
+				return reply{}, fmt.Errorf("%w: script error: %v", ErrUnavailable, err)
+			}
+			last = err
+			continue
+		}
+		return parseReply(res)
+	}
+	if last == nil {
+		last = ctx.Err()
+	}
+	return reply{}, fmt.Errorf("%w: %v", ErrUnavailable, last)
+}
+
+func parseReply(res rueidis.RedisResult) (reply, error) {
+	arr, err := res.ToArray()
+	if err != nil || len(arr) == 0 {
+		return reply{}, fmt.Errorf("stock: malformed script reply: %v", err)
+	}
+	var r reply
+	if r.status, err = arr[0].AsInt64(); err != nil {
+		return r, fmt.Errorf("stock: malformed script status: %w", err)
+	}
+	switch r.status {
+	case replyGranted:
+		r.id, _ = arr[1].ToString()
+		r.n, _ = arr[2].AsInt64()
+	case replyReplay:
+		r.id, _ = arr[1].ToString()
+	case replyAlready:
+		r.ids, _ = arr[1].AsStrSlice()
+	case replyEmpty, replyTaken, replyInitialized:
+		if len(arr) > 1 {
+			r.n, _ = arr[1].AsInt64()
+		}
+	}
+	return r, nil
+}
+
+// newID returns 16 random bytes in hex: unguessable, collision-free in practice.
+func newID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// NewGrantID mints a grant id: 6 bytes of unix milliseconds then 10 random
+// bytes, hex; ids sort by minting time.
+func NewGrantID(now time.Time) string {
+	var b [16]byte
+	ms := uint64(now.UnixMilli())
+	for i := 5; i >= 0; i-- {
+		b[i] = byte(ms)
+		ms >>= 8
+	}
+	_, _ = rand.Read(b[6:])
+	return hex.EncodeToString(b[:])
+}

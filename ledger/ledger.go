@@ -1,0 +1,377 @@
+// Package ledger is flashgate's local write-ahead grant log, kept in Pebble.
+//
+// A gateway answers "granted" only after the grant's record is in this log
+// and the log is synced (invariant I4). The ledger owns:
+//
+//   - the record codec (record.go), versioned by its first byte and fuzzed;
+//   - durable append with group commit: every Append is a Pebble batch applied
+//     with Sync; Pebble's commit pipeline coalesces the WAL syncs of
+//     concurrent appends, so N handler goroutines waiting at once cost about
+//     one fsync, not N. appendsInflightMax bounds the goroutines waiting;
+//   - idempotence by grant id: appending a grant id already present (a retry
+//     whose first attempt did commit) returns the stored sequence number and
+//     writes nothing, and concurrent appends of one id are collapsed.
+//
+// Key space (all keys start with a one-byte table tag):
+//
+//	'g' grantID            -> encoded Record        (one per grant, never rewritten)
+//	'o' seq (8 bytes, BE)  -> grantID               (append order: the outbox)
+//
+// Sequence numbers are assigned at append time from a counter recovered on
+// Open from the last 'o' key. Commits of concurrent appends may become
+// visible out of sequence order; readers that need a gap-free prefix use
+// DurableSeq.
+//
+// Concurrency: every exported method is safe for concurrent use. The ledger
+// starts no goroutine of its own; Close waits for nothing but Pebble.
+//
+// This package imports no network package (see lint_test.go).
+package ledger
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+const (
+	tagGrant  = 'g'
+	tagOutbox = 'o'
+
+	// appendsInflightMaxDefault bounds appends waiting for a sync. A few
+	// hundred waiters already fill one group commit on this class of machine
+	// (see DESIGN §8: 64–256 goroutines group to 85–190k records/s); more only
+	// queue memory.
+	appendsInflightMaxDefault = 4096
+	// memTableSizeDefault keeps a burst of a few hundred thousand grants in
+	// memory before a flush stalls writers.
+	memTableSizeDefault = 64 << 20
+)
+
+// ErrBusy is returned when the bound on in-flight appends is reached and the
+// caller's context ends before a slot frees. Nothing was written.
+var ErrBusy = errors.New("ledger: too many appends in flight")
+
+// ErrClosed is returned by operations on a closed ledger.
+var ErrClosed = errors.New("ledger: closed")
+
+// Options configure a Ledger.
+type Options struct {
+	Dir                string
+	ReadOnly           bool
+	AppendsInflightMax int
+	Logger             *slog.Logger
+}
+
+// EnsureDefaults fills unset fields.
+func (o *Options) EnsureDefaults() {
+	if o.AppendsInflightMax == 0 {
+		o.AppendsInflightMax = appendsInflightMaxDefault
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Validate reports every invalid field at once.
+func (o *Options) Validate() error {
+	var errs []error
+	if o.Dir == "" {
+		errs = append(errs, errors.New("ledger: Dir is empty"))
+	}
+	if o.AppendsInflightMax < 1 {
+		errs = append(errs, fmt.Errorf("ledger: AppendsInflightMax %d < 1", o.AppendsInflightMax))
+	}
+	return errors.Join(errs...)
+}
+
+// Ledger is an open grant log.
+type Ledger struct {
+	db     *pebble.DB
+	opts   Options
+	slots  chan struct{}
+	seq    atomic.Uint64 // last assigned
+	closed atomic.Bool
+
+	mu       sync.Mutex
+	inflight map[string]*pendingAppend // grant id -> append in progress
+	seqsOpen seqSet                    // assigned but not yet committed
+
+	bufs sync.Pool
+}
+
+type pendingAppend struct {
+	done chan struct{}
+	seq  uint64
+	err  error
+}
+
+// Open opens (creating if needed) the ledger in opts.Dir. A directory left by
+// a killed process is recovered by Pebble's WAL replay: every append that
+// returned nil before the kill is present.
+func Open(opts Options) (*Ledger, error) {
+	opts.EnsureDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	db, err := pebble.Open(opts.Dir, &pebble.Options{
+		ReadOnly:     opts.ReadOnly,
+		MemTableSize: memTableSizeDefault,
+		Logger:       pebbleLogger{opts.Logger},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ledger: open %s: %w", opts.Dir, err)
+	}
+	l := &Ledger{
+		db:       db,
+		opts:     opts,
+		slots:    make(chan struct{}, opts.AppendsInflightMax),
+		inflight: make(map[string]*pendingAppend),
+	}
+	l.bufs.New = func() any { b := make([]byte, 0, 256); return &b }
+	last, err := l.lastSeq()
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	l.seq.Store(last)
+	return l, nil
+}
+
+func (l *Ledger) lastSeq() (uint64, error) {
+	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: []byte{tagOutbox}, UpperBound: []byte{tagOutbox + 1}})
+	if err != nil {
+		return 0, fmt.Errorf("ledger: %w", err)
+	}
+	defer it.Close()
+	if !it.Last() {
+		return 0, it.Error()
+	}
+	k := it.Key()
+	if len(k) != 9 {
+		return 0, fmt.Errorf("ledger: corrupt outbox key %x", k)
+	}
+	return binary.BigEndian.Uint64(k[1:]), nil
+}
+
+// Close closes the ledger. Appends racing with Close fail with ErrClosed.
+func (l *Ledger) Close() error {
+	if l.closed.Swap(true) {
+		return nil
+	}
+	return l.db.Close()
+}
+
+// Append makes r durable and returns its sequence number. It is idempotent by
+// r.GrantID: a grant id already in the ledger is not written again. It returns
+// only after the record is synced, or with an error, in which case the grant
+// may or may not be durable and must not be acknowledged.
+func (l *Ledger) Append(ctx context.Context, r *Record) (uint64, error) {
+	return l.append(ctx, r, true)
+}
+
+// AppendNew is Append for a grant id the caller knows was minted just now and
+// cannot be in the ledger yet; it skips the read that Append does.
+func (l *Ledger) AppendNew(ctx context.Context, r *Record) (uint64, error) {
+	return l.append(ctx, r, false)
+}
+
+func (l *Ledger) append(ctx context.Context, r *Record, check bool) (uint64, error) {
+	if l.closed.Load() {
+		return 0, ErrClosed
+	}
+	if r.GrantID == "" || len(r.GrantID) > stringLenMax {
+		return 0, fmt.Errorf("ledger: bad grant id length %d", len(r.GrantID))
+	}
+	select {
+	case l.slots <- struct{}{}:
+	case <-ctx.Done():
+		return 0, ErrBusy
+	}
+	defer func() { <-l.slots }()
+
+	l.mu.Lock()
+	if p, ok := l.inflight[r.GrantID]; ok {
+		l.mu.Unlock()
+		select {
+		case <-p.done:
+			return p.seq, p.err
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	p := &pendingAppend{done: make(chan struct{})}
+	l.inflight[r.GrantID] = p
+	l.mu.Unlock()
+
+	p.seq, p.err = l.appendOnce(r, check)
+
+	l.mu.Lock()
+	delete(l.inflight, r.GrantID)
+	l.mu.Unlock()
+	close(p.done)
+	return p.seq, p.err
+}
+
+func (l *Ledger) appendOnce(r *Record, check bool) (uint64, error) {
+	bp := l.bufs.Get().(*[]byte)
+	defer l.bufs.Put(bp)
+	key := append((*bp)[:0], tagGrant)
+	key = append(key, r.GrantID...)
+	if check {
+		v, closer, err := l.db.Get(key)
+		if err == nil {
+			var old Record
+			derr := old.Decode(v)
+			closer.Close()
+			if derr != nil {
+				return 0, derr
+			}
+			return old.Seq, nil
+		}
+		if !errors.Is(err, pebble.ErrNotFound) {
+			return 0, fmt.Errorf("ledger: get: %w", err)
+		}
+	}
+	l.mu.Lock()
+	seq := l.seq.Add(1)
+	l.seqsOpen.add(seq)
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		l.seqsOpen.remove(seq)
+		l.mu.Unlock()
+	}()
+
+	r.Seq = seq
+	keyLen := len(key)
+	buf := r.AppendEncode(key) // key then value in one buffer
+	var okey [9]byte
+	okey[0] = tagOutbox
+	binary.BigEndian.PutUint64(okey[1:], seq)
+
+	b := l.db.NewBatch()
+	defer b.Close()
+	if err := b.Set(buf[:keyLen], buf[keyLen:], nil); err != nil {
+		return 0, fmt.Errorf("ledger: batch: %w", err)
+	}
+	if err := b.Set(okey[:], []byte(r.GrantID), nil); err != nil {
+		return 0, fmt.Errorf("ledger: batch: %w", err)
+	}
+	if err := l.db.Apply(b, pebble.Sync); err != nil {
+		return 0, fmt.Errorf("ledger: commit: %w", err)
+	}
+	*bp = buf[:0]
+	return seq, nil
+}
+
+// DurableSeq returns the highest sequence number s such that every append
+// with a sequence number ≤ s has finished (committed or failed). A reader of
+// the outbox that stops at DurableSeq never skips a record that commits later.
+func (l *Ledger) DurableSeq() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if m, ok := l.seqsOpen.min(); ok {
+		return m - 1
+	}
+	return l.seq.Load()
+}
+
+// Get returns the record of grantID, or ok=false.
+func (l *Ledger) Get(grantID string) (r Record, ok bool, err error) {
+	v, closer, err := l.db.Get(append([]byte{tagGrant}, grantID...))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return r, false, nil
+	}
+	if err != nil {
+		return r, false, fmt.Errorf("ledger: get: %w", err)
+	}
+	defer closer.Close()
+	if err := r.Decode(v); err != nil {
+		return r, false, err
+	}
+	return r, true, nil
+}
+
+// Scan calls fn for each record with afterSeq < Seq ≤ uptoSeq, in sequence
+// order, stopping early when fn returns an error (which Scan returns).
+func (l *Ledger) Scan(afterSeq, uptoSeq uint64, fn func(*Record) error) error {
+	var lo, hi [9]byte
+	lo[0], hi[0] = tagOutbox, tagOutbox
+	binary.BigEndian.PutUint64(lo[1:], afterSeq+1)
+	if uptoSeq == ^uint64(0) {
+		hi[0] = tagOutbox + 1
+	} else {
+		binary.BigEndian.PutUint64(hi[1:], uptoSeq+1)
+	}
+	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: lo[:], UpperBound: hi[:]})
+	if err != nil {
+		return fmt.Errorf("ledger: %w", err)
+	}
+	defer it.Close()
+	var r Record
+	for ok := it.First(); ok; ok = it.Next() {
+		gid := it.Value()
+		v, closer, err := l.db.Get(append([]byte{tagGrant}, gid...))
+		if err != nil {
+			return fmt.Errorf("ledger: outbox %x points to missing grant %q: %w", it.Key(), gid, err)
+		}
+		err = r.Decode(v)
+		closer.Close()
+		if err != nil {
+			return err
+		}
+		if err := fn(&r); err != nil {
+			return err
+		}
+	}
+	return it.Error()
+}
+
+// LastSeq returns the last sequence number assigned.
+func (l *Ledger) LastSeq() uint64 { return l.seq.Load() }
+
+// seqSet is the set of sequence numbers assigned but not yet committed. It
+// stays small (≤ appendsInflightMax) so a map with a lazily kept minimum is
+// enough.
+type seqSet struct {
+	m map[uint64]struct{}
+}
+
+func (s *seqSet) add(v uint64) {
+	if s.m == nil {
+		s.m = make(map[uint64]struct{})
+	}
+	s.m[v] = struct{}{}
+}
+
+func (s *seqSet) remove(v uint64) { delete(s.m, v) }
+
+func (s *seqSet) min() (uint64, bool) {
+	var m uint64
+	ok := false
+	for v := range s.m {
+		if !ok || v < m {
+			m, ok = v, true
+		}
+	}
+	return m, ok
+}
+
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any) {}
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	p.l.Error("pebble: " + fmt.Sprintf(format, args...))
+}
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	msg := "pebble: " + fmt.Sprintf(format, args...)
+	p.l.Error(msg)
+	panic(msg) // Pebble requires Fatalf not to return; the process must die rather than ack.
+}
