@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strconv"
 	"sync/atomic"
@@ -130,6 +131,7 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 	if !ctx.IsPost() {
 		ctx.Response.Header.Set("Allow", "POST")
 		writeError(ctx, status.InvalidRequest, "method must be POST")
+		ctx.SetStatusCode(fasthttp.StatusMethodNotAllowed)
 		return status.InvalidRequest
 	}
 	in, st, msg := g.parseClaim(ctx, id)
@@ -193,6 +195,7 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 		g.metrics.dependencyErrors.WithLabelValues("redis").Inc()
 		if !errors.Is(err, stock.ErrNotInitialized) {
 			g.log.Debug("claim: stock", "campaign", c.ID, "err", err)
+			g.noteUnknown(unknownClaim{at: now, c: c, in: in, attempt: attempt})
 		}
 		writeUnavailable(ctx, "stock unavailable")
 		return record(status.Unavailable)
@@ -239,20 +242,17 @@ func (g *Gateway) appendGrant(ctx context.Context, c *campaign.Campaign, in *cla
 		ValidFrom: unixOrZero(from), ValidUntil: unixOrZero(until), FaceValue: c.Coupon.FaceValue(),
 	}
 	t0 := time.Now()
-	var err error
-	if res.Replay {
-		_, err = g.ledger.Append(ctx, rec)
-	} else {
-		_, err = g.ledger.AppendNew(ctx, rec)
-	}
+	seq, err := g.ledger.Append(ctx, rec)
 	g.metrics.ledgerSeconds.Observe(time.Since(t0).Seconds())
 	if err != nil {
 		return nil, err
 	}
-	if res.Replay { // a concurrent first attempt may have won the append: answer with what is stored
-		if r, ok, err := g.ledger.Get(res.GrantID); err == nil && ok {
-			return &r, nil
+	if rec.Seq != seq { // another attempt of this grant wrote it first: answer with what is stored
+		stored, ok, err := g.ledger.Get(res.GrantID)
+		if err != nil || !ok {
+			return nil, fmt.Errorf("gateway: grant %s vanished from the ledger: %v", res.GrantID, err)
 		}
+		return &stored, nil
 	}
 	return rec, nil
 }

@@ -11,7 +11,7 @@
 //
 // Goroutines, each ending when Run's context ends: the two fasthttp servers,
 // the campaign watch (campaign.Registry.Run), the Redis connector, the stats
-// flusher and the transfer sweeper. Handler goroutines share only the
+// flusher, the transfer sweeper and the settler of unknown outcomes (unknown.go). Handler goroutines share only the
 // registry snapshot (atomic pointer), the sold-out flags and stats counters
 // (atomics), the ledger and the Redis client (both safe for concurrent use).
 package gateway
@@ -80,6 +80,7 @@ type Gateway struct {
 	roles   map[string]role
 	metrics *metrics
 	stats   statsCounters
+	unknown chan unknownClaim
 	soldOut sync.Map // campaign id -> *atomic.Int64 (unix nanos until which sold_out is answered locally)
 
 	public, admin     *fasthttp.Server
@@ -121,6 +122,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 		g.roles[tok] = roleRank[r]
 	}
 	g.metrics = newMetrics()
+	g.unknown = make(chan unknownClaim, unknownOutcomesMax)
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("gateway: data dir: %w", err)
 	}
@@ -226,7 +228,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	for _, f := range []func(context.Context){g.reg.Run, g.connectRedis, g.flushStats, g.sweepTransfers} {
+	for _, f := range []func(context.Context){g.reg.Run, g.connectRedis, g.flushStats, g.sweepTransfers, g.settleUnknown} {
 		wg.Add(1)
 		go func() { defer wg.Done(); f(bg) }()
 	}

@@ -114,6 +114,8 @@ type metrics struct {
 	ledgerSeconds    prometheus.Histogram
 	dependencyErrors *prometheus.CounterVec
 	transfersSwept   prometheus.Counter
+	unknownSettled   prometheus.Counter
+	unknownDropped   prometheus.Counter
 	handler          fasthttp.RequestHandler
 }
 
@@ -131,6 +133,9 @@ func newMetrics() *metrics {
 	m.ledgerSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flashgate_ledger_append_duration_seconds", Help: "Synced ledger append time.", Buckets: latencyBuckets})
 	m.dependencyErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flashgate_dependency_errors_total", Help: "Claims failed closed, by dependency."}, []string{"dependency"})
 	m.transfersSwept = prometheus.NewCounter(prometheus.CounterOpts{Name: "flashgate_stock_transfers_swept_total", Help: "Orphaned stock transfers landed by the sweeper."})
+	m.unknownSettled = prometheus.NewCounter(prometheus.CounterOpts{Name: "flashgate_unknown_outcomes_settled_total", Help: "Claims answered 503 whose script had granted; the grant was recorded afterwards."})
+	m.unknownDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "flashgate_unknown_outcomes_dropped_total", Help: "Claims of unknown outcome not queued for settlement (queue full)."})
+	m.reg.MustRegister(m.unknownSettled, m.unknownDropped)
 	m.reg.MustRegister(claims, m.claimSeconds, m.redisSeconds, m.ledgerSeconds, m.dependencyErrors, m.transfersSwept,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	m.handler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))

@@ -172,17 +172,11 @@ func (l *Ledger) Close() error {
 // r.GrantID: a grant id already in the ledger is not written again. It returns
 // only after the record is synced, or with an error, in which case the grant
 // may or may not be durable and must not be acknowledged.
+//
+// The existence check is never skipped, not even for a grant "just minted":
+// a retry of the same attempt can reach the ledger before the first attempt
+// does, and only the check keeps the record single.
 func (l *Ledger) Append(ctx context.Context, r *Record) (uint64, error) {
-	return l.append(ctx, r, true)
-}
-
-// AppendNew is Append for a grant id the caller knows was minted just now and
-// cannot be in the ledger yet; it skips the read that Append does.
-func (l *Ledger) AppendNew(ctx context.Context, r *Record) (uint64, error) {
-	return l.append(ctx, r, false)
-}
-
-func (l *Ledger) append(ctx context.Context, r *Record, check bool) (uint64, error) {
 	if l.closed.Load() {
 		return 0, ErrClosed
 	}
@@ -210,7 +204,7 @@ func (l *Ledger) append(ctx context.Context, r *Record, check bool) (uint64, err
 	l.inflight[r.GrantID] = p
 	l.mu.Unlock()
 
-	p.seq, p.err = l.appendOnce(r, check)
+	p.seq, p.err = l.appendOnce(r)
 
 	l.mu.Lock()
 	delete(l.inflight, r.GrantID)
@@ -219,25 +213,23 @@ func (l *Ledger) append(ctx context.Context, r *Record, check bool) (uint64, err
 	return p.seq, p.err
 }
 
-func (l *Ledger) appendOnce(r *Record, check bool) (uint64, error) {
+func (l *Ledger) appendOnce(r *Record) (uint64, error) {
 	bp := l.bufs.Get().(*[]byte)
 	defer l.bufs.Put(bp)
 	key := append((*bp)[:0], tagGrant)
 	key = append(key, r.GrantID...)
-	if check {
-		v, closer, err := l.db.Get(key)
-		if err == nil {
-			var old Record
-			derr := old.Decode(v)
-			closer.Close()
-			if derr != nil {
-				return 0, derr
-			}
-			return old.Seq, nil
+	v, closer, err := l.db.Get(key)
+	if err == nil {
+		var old Record
+		derr := old.Decode(v)
+		closer.Close()
+		if derr != nil {
+			return 0, derr
 		}
-		if !errors.Is(err, pebble.ErrNotFound) {
-			return 0, fmt.Errorf("ledger: get: %w", err)
-		}
+		return old.Seq, nil
+	}
+	if !errors.Is(err, pebble.ErrNotFound) {
+		return 0, fmt.Errorf("ledger: get: %w", err)
 	}
 	l.mu.Lock()
 	seq := l.seq.Add(1)

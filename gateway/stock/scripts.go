@@ -98,3 +98,17 @@ if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 604800) then
 end
 return {7, 0}
 `)
+
+// shardScript reads one shard consistently: {stock (-1 if missing), granted,
+// units in pending outgoing transfers}. KEYS: 1 stock  2 granted  3 transfers.
+var shardScript = rueidis.NewLuaScriptReadOnly(`
+local s = redis.call('GET', KEYS[1])
+if not s then s = -1 end
+local g = redis.call('GET', KEYS[2]) or 0
+local pending = 0
+for _, rec in ipairs(redis.call('HVALS', KEYS[3])) do
+  local k = string.match(rec, '^%d+:(%d+):')
+  if k then pending = pending + tonumber(k) end
+end
+return {tonumber(s), tonumber(g), pending}
+`)

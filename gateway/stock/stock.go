@@ -62,6 +62,7 @@ import (
 	"hash/fnv"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -292,35 +293,35 @@ func (s *Store) steal(ctx context.Context, c *Claim, home int) (Result, error) {
 
 type surveyResult struct {
 	stock   []int64
+	granted int64
 	pending int64 // units in pending transfers, all shards
 }
 
+// survey reads every shard, each one atomically (shardScript); the shards
+// are read concurrently (auto-pipelined), not as one snapshot.
 func (s *Store) survey(ctx context.Context, campaign string, shards int) (surveyResult, error) {
-	cmds := make(rueidis.Commands, 0, 2*shards)
-	for i := 0; i < shards; i++ {
-		cmds = append(cmds, s.c.B().Get().Key(StockKey(campaign, i)).Build())
-		cmds = append(cmds, s.c.B().Hvals().Key(xferKey(campaign, i)).Build())
-	}
-	res := s.c.DoMulti(ctx, cmds...)
 	sv := surveyResult{stock: make([]int64, shards)}
+	res := make([]rueidis.RedisResult, shards)
+	var wg sync.WaitGroup
 	for i := 0; i < shards; i++ {
-		v, err := res[2*i].AsInt64()
-		if rueidis.IsRedisNil(err) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res[i] = shardScript.Exec(ctx, s.c, []string{StockKey(campaign, i), GrantedKey(campaign, i), xferKey(campaign, i)}, nil)
+		}()
+	}
+	wg.Wait()
+	for i, r := range res {
+		v, err := r.AsIntSlice()
+		if err != nil || len(v) != 3 {
+			return sv, fmt.Errorf("%w: shard %d: %v", ErrUnavailable, i, err)
+		}
+		if v[0] < 0 {
 			return sv, ErrNotInitialized
 		}
-		if err != nil {
-			return sv, fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
-		sv.stock[i] = v
-		vals, err := res[2*i+1].AsStrSlice()
-		if err != nil {
-			return sv, fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
-		for _, rec := range vals {
-			if _, units, _, ok := parseTransfer(rec); ok {
-				sv.pending += units
-			}
-		}
+		sv.stock[i] = v[0]
+		sv.granted += v[1]
+		sv.pending += v[2]
 	}
 	return sv, nil
 }
@@ -375,24 +376,15 @@ type Counts struct {
 	Pending   int64
 }
 
-// Count reads the campaign's counters.
+// Count reads the campaign's counters, each shard atomically.
 func (s *Store) Count(ctx context.Context, campaign string, shards int) (Counts, error) {
 	sv, err := s.survey(ctx, campaign, shards)
 	if err != nil {
 		return Counts{}, err
 	}
-	cmds := make(rueidis.Commands, 0, shards)
-	for i := 0; i < shards; i++ {
-		cmds = append(cmds, s.c.B().Get().Key(GrantedKey(campaign, i)).Build())
-	}
-	c := Counts{Shards: sv.stock, Pending: sv.pending, Remaining: sv.pending}
-	for i, r := range s.c.DoMulti(ctx, cmds...) {
-		v, err := r.AsInt64()
-		if err != nil && !rueidis.IsRedisNil(err) {
-			return c, fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
-		c.Granted += v
-		c.Remaining += sv.stock[i]
+	c := Counts{Shards: sv.stock, Pending: sv.pending, Remaining: sv.pending, Granted: sv.granted}
+	for _, u := range sv.stock {
+		c.Remaining += u
 	}
 	return c, nil
 }
@@ -497,4 +489,18 @@ func NewGrantID(now time.Time) string {
 	}
 	_, _ = rand.Read(b[6:])
 	return hex.EncodeToString(b[:])
+}
+
+// AttemptGrant reads an attempt's idempotency record: the grant id if that
+// attempt granted. Used to settle claims whose outcome was unknown.
+func (s *Store) AttemptGrant(ctx context.Context, campaign string, shards int, user, attemptKey string) (string, bool, error) {
+	key := tag(campaign, HomeShard(user, shards)) + "a:" + user + ":" + attemptKey
+	v, err := s.c.Do(ctx, s.c.B().Get().Key(key).Build()).ToString()
+	if rueidis.IsRedisNil(err) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	return v, true, nil
 }
