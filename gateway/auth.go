@@ -195,3 +195,9 @@ func clientIP(peer netip.Addr, xff []byte, trusted proxySet) (netip.Addr, error)
 	}
 	return hop, nil // every hop examined is a trusted proxy: the left-most one is the client
 }
+
+// clientIPFromSlice is clientIP for the peer address fasthttp gives.
+func clientIPFromSlice(peer []byte, xff []byte, trusted proxySet) (netip.Addr, error) {
+	a, _ := netip.AddrFromSlice(peer)
+	return clientIP(a, xff, trusted)
+}

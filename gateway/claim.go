@@ -41,7 +41,7 @@ var (
 
 // parseClaimPath returns the campaign id of /v1/campaigns/{id}/claim.
 func parseClaimPath(p []byte) ([]byte, bool) {
-	if !bytes.HasPrefix(p, pathClaimPrefix) || !bytes.HasSuffix(p, pathClaimSuffix) {
+	if len(p) <= len(pathClaimPrefix)+len(pathClaimSuffix) || !bytes.HasPrefix(p, pathClaimPrefix) || !bytes.HasSuffix(p, pathClaimSuffix) {
 		return nil, false
 	}
 	id := p[len(pathClaimPrefix) : len(p)-len(pathClaimSuffix)]
@@ -56,6 +56,7 @@ func parseClaimPath(p []byte) ([]byte, bool) {
 func (g *Gateway) parseClaim(ctx *fasthttp.RequestCtx, id []byte) (claimInput, status.Status, string) {
 	var in claimInput
 	peer, _ := netip.AddrFromSlice(ctx.RemoteIP())
+	peer = peer.Unmap()
 	ip, err := clientIP(peer, ctx.Request.Header.Peek("X-Forwarded-For"), g.proxies)
 	if err != nil {
 		return in, status.InvalidRequest, err.Error()
