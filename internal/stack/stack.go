@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"testing"
@@ -44,6 +45,8 @@ type Options struct {
 	AOF     bool                // with Redis == nil: start it with AOF
 	DataDir string              // nil: t.TempDir()
 	Tweak   func(*gateway.Config)
+	// PublicListener replaces the public TCP listener (benchmarks: in-memory).
+	PublicListener net.Listener
 }
 
 // Start runs a stack and stops it when the test ends.
@@ -71,6 +74,13 @@ func Start(t testing.TB, o Options) *Stack {
 	g, err := gateway.New(context.Background(), cfg, gateway.WithLogger(log))
 	if err != nil {
 		t.Fatalf("stack: gateway: %v", err)
+	}
+	if o.PublicListener != nil {
+		adm, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.UseListeners(o.PublicListener, adm)
 	}
 	if err := g.Listen(); err != nil {
 		g.Close()
