@@ -13,6 +13,7 @@ const (
 	replyReplay      = 5 // {5, grantID}: this attempt already granted; same grant returned
 	replyTaken       = 6 // {6, amount}: transfer recorded on the donor
 	replyInitialized = 7 // {7, created 0|1}
+	replyCredited    = 8 // {8}: transfer credited (or already credited)
 )
 
 // claimBody is the claim logic, shared by claimScript. KEYS:
@@ -75,7 +76,7 @@ if not redis.call('GET', KEYS[1]) then return {4} end
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 604800) then
   redis.call('INCRBY', KEYS[1], ARGV[1])
 end
-return {1}
+return {8}
 `)
 
 // initScript sets a shard's initial stock once. KEYS: 1 stock  2 granted

@@ -356,7 +356,7 @@ func (s *Store) Sweep(ctx context.Context, campaign string, shards int, now time
 			if err != nil {
 				return done, err
 			}
-			if r.status != replyGranted {
+			if r.status != replyCredited {
 				continue
 			}
 			if err := s.c.Do(ctx, s.c.B().Hdel().Key(xferKey(campaign, donor)).Field(id).Build()).Error(); err != nil {
@@ -455,18 +455,25 @@ func parseReply(res rueidis.RedisResult) (reply, error) {
 	if r.status, err = arr[0].AsInt64(); err != nil {
 		return r, fmt.Errorf("stock: malformed script status: %w", err)
 	}
+	need := map[int64]int{replyGranted: 3, replyReplay: 2, replyAlready: 2, replyEmpty: 2, replyTaken: 2, replyInitialized: 2, replyNotInit: 1, replyCredited: 1}[r.status]
+	if need == 0 || len(arr) < need {
+		return r, fmt.Errorf("stock: script reply status %d with %d elements", r.status, len(arr))
+	}
 	switch r.status {
 	case replyGranted:
-		r.id, _ = arr[1].ToString()
-		r.n, _ = arr[2].AsInt64()
-	case replyReplay:
-		r.id, _ = arr[1].ToString()
-	case replyAlready:
-		r.ids, _ = arr[1].AsStrSlice()
-	case replyEmpty, replyTaken, replyInitialized:
-		if len(arr) > 1 {
-			r.n, _ = arr[1].AsInt64()
+		r.id, err = arr[1].ToString()
+		if err == nil {
+			r.n, err = arr[2].AsInt64()
 		}
+	case replyReplay:
+		r.id, err = arr[1].ToString()
+	case replyAlready:
+		r.ids, err = arr[1].AsStrSlice()
+	case replyEmpty, replyTaken, replyInitialized:
+		r.n, err = arr[1].AsInt64()
+	}
+	if err != nil {
+		return r, fmt.Errorf("stock: malformed script reply (status %d): %w", r.status, err)
 	}
 	return r, nil
 }

@@ -1,0 +1,88 @@
+package campaign
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+func valid() Campaign {
+	t0 := time.Date(2026, 11, 11, 10, 0, 0, 0, time.UTC)
+	c := Campaign{ID: "d11", Name: "$5 off $30", Coupon: Coupon{Type: "threshold", Tiers: []Tier{{Min: 3000, Off: 500}}},
+		Stock: 100000, StartsAt: t0, EndsAt: t0.Add(2 * time.Hour)}
+	c.EnsureDefaults()
+	return c
+}
+
+func TestValidateNamesTheField(t *testing.T) {
+	from := time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)
+	before := from.Add(-time.Hour)
+	cases := []struct {
+		name   string
+		mutate func(*Campaign)
+		fields []string
+	}{
+		{"threshold discount ≥ minimum", func(c *Campaign) { c.Coupon.Tiers[0].Off = 3000 }, []string{"coupon.tiers[0].off"}},
+		{"tiers not rising", func(c *Campaign) { c.Coupon.Tiers = append(c.Coupon.Tiers, Tier{Min: 2000, Off: 600}) }, []string{"coupon.tiers[1]"}},
+		{"percent 0", func(c *Campaign) { c.Coupon = Coupon{Type: "percent", Percent: 0, MaxOff: 100} }, []string{"coupon.percent"}},
+		{"percent 101", func(c *Campaign) { c.Coupon = Coupon{Type: "percent", Percent: 101, MaxOff: 100} }, []string{"coupon.percent"}},
+		{"percent without cap", func(c *Campaign) { c.Coupon = Coupon{Type: "percent", Percent: 20} }, []string{"coupon.max_off"}},
+		{"voucher without amount", func(c *Campaign) { c.Coupon = Coupon{Type: "voucher"} }, []string{"coupon.amount"}},
+		{"product without sku", func(c *Campaign) { c.Coupon = Coupon{Type: "product"} }, []string{"coupon.sku"}},
+		{"unknown coupon type", func(c *Campaign) { c.Coupon = Coupon{Type: "bogo"} }, []string{"coupon.type"}},
+		{"ends before starts", func(c *Campaign) { c.EndsAt = c.StartsAt.Add(-time.Minute) }, []string{"ends_at"}},
+		{"bad id", func(c *Campaign) { c.ID = "has space" }, []string{"id"}},
+		{"zero stock", func(c *Campaign) { c.Stock = 0; c.Shards = 1 }, []string{"stock"}},
+		{"more shards than stock", func(c *Campaign) { c.Stock = 4; c.Shards = 8 }, []string{"shards"}},
+		{"per user limit too high", func(c *Campaign) { c.PerUserLimit = PerUserLimitMax + 1 }, []string{"per_user_limit"}},
+		{"fixed validity backwards", func(c *Campaign) { c.Validity = Validity{Mode: "fixed", From: &from, Until: &before} }, []string{"validity.until"}},
+		{"days_after_claim 0", func(c *Campaign) { c.Validity = Validity{Mode: "days_after_claim"} }, []string{"validity.days"}},
+		{"targeted not built", func(c *Campaign) { c.Audience.Mode = "targeted" }, []string{"audience.mode"}},
+		{"several at once", func(c *Campaign) { c.Name = ""; c.Stock = -1; c.Shards = 1; c.Coupon.Tiers[0].Min = 0 }, []string{"name", "stock", "coupon.tiers[0].min"}},
+	}
+	base := valid()
+	if err := base.Validate(); err != nil {
+		t.Fatalf("valid campaign refused: %v", err)
+	}
+	for _, tc := range cases {
+		c := valid()
+		c.Coupon.Tiers = slices.Clone(c.Coupon.Tiers)
+		tc.mutate(&c)
+		err := c.Validate()
+		if err == nil {
+			t.Errorf("%s: accepted", tc.name)
+			continue
+		}
+		got := Fields(err)
+		for _, f := range tc.fields {
+			if !slices.Contains(got, f) {
+				t.Errorf("%s: fields %v do not name %s (%v)", tc.name, got, f, err)
+			}
+		}
+	}
+}
+
+func TestStateAndValidityWindow(t *testing.T) {
+	c := valid()
+	for at, want := range map[time.Time]State{
+		c.StartsAt.Add(-time.Second): StateNotStarted,
+		c.StartsAt:                   StateActive,
+		c.EndsAt:                     StateEnded,
+	} {
+		if got := c.StateAt(at); got != want {
+			t.Errorf("at %v: %s, want %s", at, got, want)
+		}
+	}
+	c.Paused = true
+	if c.StateAt(c.StartsAt) != StatePaused {
+		t.Error("paused campaign not paused")
+	}
+	c.Validity = Validity{Mode: "days_after_claim", Days: 7}
+	from, until := c.Validity.Window(c.StartsAt)
+	if !from.Equal(c.StartsAt) || !until.Equal(c.StartsAt.AddDate(0, 0, 7)) {
+		t.Errorf("window %v %v", from, until)
+	}
+	if (&Coupon{Type: "percent", Percent: 20, MaxOff: 5000}).FaceValue() != 5000 {
+		t.Error("percent face value is its cap")
+	}
+}
