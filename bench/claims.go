@@ -1,0 +1,90 @@
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// ClaimTarget prepares claim requests for one campaign from a population of
+// users whose tokens are minted up front (minting is not what is measured).
+type ClaimTarget struct {
+	URL      string // public base URL
+	Campaign string
+	Tokens   []string // "Bearer …", one per user
+	Devices  []string
+}
+
+// Prepare fills the i-th claim: user i mod population, a fresh Idempotency-Key.
+func (c *ClaimTarget) Prepare(i int64, req *fasthttp.Request) {
+	u := i % int64(len(c.Tokens))
+	req.SetRequestURI(c.URL + "/v1/campaigns/" + c.Campaign + "/claim")
+	req.Header.SetMethod("POST")
+	req.Header.Set("Authorization", c.Tokens[u])
+	req.Header.Set("X-Device-ID", c.Devices[u])
+	req.Header.Set("Idempotency-Key", "b"+strconv.FormatInt(i, 36))
+}
+
+// NewClaimTarget mints tokens for users users with mint.
+func NewClaimTarget(url, campaign string, users int, mint func(user string) (string, error)) (*ClaimTarget, error) {
+	t := &ClaimTarget{URL: url, Campaign: campaign, Tokens: make([]string, users), Devices: make([]string, users)}
+	for i := range t.Tokens {
+		tok, err := mint("bench-user-" + strconv.Itoa(i))
+		if err != nil {
+			return nil, err
+		}
+		t.Tokens[i], t.Devices[i] = "Bearer "+tok, "bench-device-"+strconv.Itoa(i)
+	}
+	return t, nil
+}
+
+// CreateCampaign creates (or reuses, on 409) a campaign through the admin API.
+func CreateCampaign(adminURL, adminToken string, def map[string]any) error {
+	if _, ok := def["starts_at"]; !ok {
+		def["starts_at"] = time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
+	}
+	if _, ok := def["ends_at"]; !ok {
+		def["ends_at"] = time.Now().Add(24 * time.Hour).UTC().Format(time.RFC3339)
+	}
+	b, _ := json.Marshal(def)
+	req, _ := http.NewRequest("POST", adminURL+"/admin/v1/campaigns", bytes.NewReader(b))
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("bench: create campaign: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 201 && resp.StatusCode != 409 {
+		var body bytes.Buffer
+		_, _ = body.ReadFrom(resp.Body)
+		return fmt.Errorf("bench: create campaign: HTTP %d %s", resp.StatusCode, body.String())
+	}
+	return nil
+}
+
+// HelloServer is a fasthttp hello-world with the gateway's server limits: the
+// yardstick a claim's throughput is compared with.
+func HelloServer() *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler: func(ctx *fasthttp.RequestCtx) {
+			ctx.SetContentType("application/json")
+			ctx.SetBodyString(`{"status":"hello"}`)
+		},
+		Name: "hello", ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second, IdleTimeout: 60 * time.Second,
+		MaxRequestBodySize: 64 << 10, ReadBufferSize: 8 << 10, WriteBufferSize: 8 << 10, Concurrency: 16384,
+		MaxConnsPerIP: 4096, TCPKeepalive: true, NoDefaultServerHeader: true,
+	}
+}
+
+// HelloTarget prepares the same shape of request as a claim, to the hello server.
+func HelloTarget(url string, claims *ClaimTarget) func(int64, *fasthttp.Request) {
+	return func(i int64, req *fasthttp.Request) {
+		claims.Prepare(i, req)
+		req.SetRequestURI(url + "/v1/campaigns/" + claims.Campaign + "/claim")
+	}
+}

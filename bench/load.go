@@ -1,0 +1,262 @@
+// Package bench is the load-generation library behind flashbench: an
+// open-model load (requests leave on a schedule, whether or not earlier ones
+// have answered), latency counted from each request's intended send time
+// (no coordinated omission) next to service time, HDR histograms merged across
+// workers, and outcomes counted by the claim status table.
+//
+// Goroutines: one scheduler emits intended send times into a bounded queue;
+// Connections workers take them and send. When the queue is full the send is
+// counted as late-dropped (it could not leave on time), never queued without
+// bound. Everything stops when the run's duration or context ends.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/valyala/fasthttp"
+
+	"github.com/flashgate/flashgate/gateway/status"
+)
+
+const (
+	// scheduleQueueMax bounds sends waiting for a free connection: one
+	// second of schedule at 100k/s; beyond that the target is far past
+	// saturation and more queue only hides it.
+	scheduleQueueMax = 100_000
+	// latencyMax is the histogram's upper bound.
+	latencyMax = time.Minute
+)
+
+// Options of one run.
+type Options struct {
+	Rate        float64       // requests per second (constant)
+	Duration    time.Duration // of the run
+	Connections int           // concurrent connections (= workers)
+	Timeout     time.Duration // per request
+	// Prepare fills req for the i-th request (URI, method, headers, body).
+	Prepare func(i int64, req *fasthttp.Request)
+	// Classify maps a response to a status; nil counts by HTTP code only.
+	Classify func(resp *fasthttp.Response) string
+	Client   *fasthttp.Client
+}
+
+// Validate reports every invalid field.
+func (o *Options) Validate() error {
+	var errs []error
+	if o.Rate <= 0 || o.Rate > 10_000_000 {
+		errs = append(errs, fmt.Errorf("bench: Rate %.0f outside (0, 1e7]", o.Rate))
+	}
+	if o.Duration <= 0 || o.Duration > 24*time.Hour {
+		errs = append(errs, fmt.Errorf("bench: Duration %v outside (0, 24h]", o.Duration))
+	}
+	if o.Connections < 1 || o.Connections > 65536 {
+		errs = append(errs, fmt.Errorf("bench: Connections %d outside 1..65536", o.Connections))
+	}
+	if o.Prepare == nil {
+		errs = append(errs, errors.New("bench: Prepare is nil"))
+	}
+	return errors.Join(errs...)
+}
+
+// Result of a run.
+type Result struct {
+	Sent, Errors, LateDropped int64
+	Elapsed                   time.Duration
+	Outcomes                  map[string]int64
+	Latency                   *hdrhistogram.Histogram // from intended send time, µs
+	Service                   *hdrhistogram.Histogram // from actual send time, µs
+}
+
+// AchievedRate is completed requests per second.
+func (r *Result) AchievedRate() float64 { return float64(r.Sent) / r.Elapsed.Seconds() }
+
+type worker struct {
+	latency, service *hdrhistogram.Histogram
+	outcomes         map[string]int64
+	errors           int64
+}
+
+// Run executes one open-model run.
+func Run(ctx context.Context, o Options) (*Result, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 5 * time.Second
+	}
+	if o.Client == nil {
+		o.Client = &fasthttp.Client{MaxConnsPerHost: o.Connections, ReadTimeout: o.Timeout, WriteTimeout: o.Timeout, MaxIdleConnDuration: time.Minute}
+	}
+	queue := make(chan time.Time, scheduleQueueMax)
+	var late atomic.Int64
+	runCtx, cancel := context.WithTimeout(ctx, o.Duration)
+	defer cancel()
+	start := time.Now()
+	go schedule(runCtx, start, o.Rate, queue, &late)
+
+	workers := make([]*worker, o.Connections)
+	var seq atomic.Int64
+	var wg sync.WaitGroup
+	for i := range workers {
+		w := &worker{
+			latency:  hdrhistogram.New(1, latencyMax.Microseconds(), 3),
+			service:  hdrhistogram.New(1, latencyMax.Microseconds(), 3),
+			outcomes: map[string]int64{},
+		}
+		workers[i] = w
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.loop(o, queue, &seq)
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	r := &Result{Elapsed: elapsed, LateDropped: late.Load(), Outcomes: map[string]int64{},
+		Latency: hdrhistogram.New(1, latencyMax.Microseconds(), 3), Service: hdrhistogram.New(1, latencyMax.Microseconds(), 3)}
+	for _, w := range workers {
+		r.Latency.Merge(w.latency)
+		r.Service.Merge(w.service)
+		r.Errors += w.errors
+		for k, v := range w.outcomes {
+			r.Outcomes[k] += v
+			r.Sent += v
+		}
+	}
+	r.Sent += r.Errors
+	return r, nil
+}
+
+// schedule emits one intended send time per 1/rate, in small batches so a
+// high rate does not need a timer per request; it closes queue at the end.
+func schedule(ctx context.Context, start time.Time, rate float64, queue chan<- time.Time, late *atomic.Int64) {
+	defer close(queue)
+	interval := time.Duration(float64(time.Second) / rate)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	var n int64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			due := int64(now.Sub(start) / interval)
+			for ; n < due; n++ {
+				select {
+				case queue <- start.Add(time.Duration(n) * interval):
+				default:
+					late.Add(1)
+				}
+			}
+		}
+	}
+}
+
+func (w *worker) loop(o Options, queue <-chan time.Time, seq *atomic.Int64) {
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	for intended := range queue {
+		req.Reset()
+		o.Prepare(seq.Add(1)-1, req)
+		sent := time.Now()
+		err := o.Client.DoTimeout(req, resp, o.Timeout)
+		done := time.Now()
+		if err != nil {
+			w.errors++
+			continue
+		}
+		_ = w.latency.RecordValue(max(1, done.Sub(intended).Microseconds()))
+		_ = w.service.RecordValue(max(1, done.Sub(sent).Microseconds()))
+		label := ""
+		if o.Classify != nil {
+			label = o.Classify(resp)
+		}
+		if label == "" {
+			label = fmt.Sprintf("http_%d", resp.StatusCode())
+		}
+		w.outcomes[label]++
+	}
+}
+
+// ClassifyClaim reads the status field of a claim answer without decoding
+// the whole body; unknown statuses are reported by HTTP code.
+func ClassifyClaim(resp *fasthttp.Response) string {
+	b := resp.Body()
+	const key = `"status":"`
+	i := indexOf(b, key)
+	if i < 0 {
+		return ""
+	}
+	rest := b[i+len(key):]
+	j := indexOf(rest, `"`)
+	if j < 0 {
+		return ""
+	}
+	if st, ok := status.Parse(string(rest[:j])); ok {
+		return st.String()
+	}
+	return ""
+}
+
+func indexOf(b []byte, s string) int {
+	for i := 0; i+len(s) <= len(b); i++ {
+		if string(b[i:i+len(s)]) == s {
+			return i
+		}
+	}
+	return -1
+}
+
+// Summary is the one-line-per-figure view printed and saved.
+type Summary struct {
+	TargetRate   float64          `json:"target_rate"`
+	AchievedRate float64          `json:"achieved_rate"`
+	Sent         int64            `json:"sent"`
+	Errors       int64            `json:"errors"`
+	LateDropped  int64            `json:"late_dropped"`
+	P50Ms        float64          `json:"p50_ms"`
+	P90Ms        float64          `json:"p90_ms"`
+	P99Ms        float64          `json:"p99_ms"`
+	P999Ms       float64          `json:"p999_ms"`
+	MaxMs        float64          `json:"max_ms"`
+	ServiceP50Ms float64          `json:"service_p50_ms"`
+	ServiceP99Ms float64          `json:"service_p99_ms"`
+	Outcomes     map[string]int64 `json:"outcomes"`
+}
+
+// Summarize turns a result into figures.
+func (r *Result) Summarize(target float64) Summary {
+	ms := func(h *hdrhistogram.Histogram, q float64) float64 { return float64(h.ValueAtQuantile(q)) / 1000 }
+	return Summary{
+		TargetRate: target, AchievedRate: r.AchievedRate(), Sent: r.Sent, Errors: r.Errors, LateDropped: r.LateDropped,
+		P50Ms: ms(r.Latency, 50), P90Ms: ms(r.Latency, 90), P99Ms: ms(r.Latency, 99), P999Ms: ms(r.Latency, 99.9),
+		MaxMs: float64(r.Latency.Max()) / 1000, ServiceP50Ms: ms(r.Service, 50), ServiceP99Ms: ms(r.Service, 99),
+		Outcomes: r.Outcomes,
+	}
+}
+
+// Table renders a summary as text.
+func (s Summary) Table(title string) string {
+	out := fmt.Sprintf("%s\n  target %.0f/s  achieved %.0f/s  sent %d  errors %d  late-dropped %d\n", title, s.TargetRate, s.AchievedRate, s.Sent, s.Errors, s.LateDropped)
+	out += fmt.Sprintf("  latency from intended send: p50 %.2fms  p90 %.2fms  p99 %.2fms  p99.9 %.2fms  max %.2fms\n", s.P50Ms, s.P90Ms, s.P99Ms, s.P999Ms, s.MaxMs)
+	out += fmt.Sprintf("  service time:               p50 %.2fms  p99 %.2fms\n", s.ServiceP50Ms, s.ServiceP99Ms)
+	out += "  outcomes:"
+	for _, st := range status.All() {
+		if n := s.Outcomes[st.String()]; n > 0 {
+			out += fmt.Sprintf(" %s=%d", st, n)
+		}
+	}
+	for k, n := range s.Outcomes {
+		if _, ok := status.Parse(k); !ok {
+			out += fmt.Sprintf(" %s=%d", k, n)
+		}
+	}
+	return out + "\n"
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# make bench: the local stack (a private redis-server, the gateway with
+# embedded JetStream) plus a fasthttp hello-world, loaded the same way by
+# flashbench on the same machine; prints claims/s vs hello req/s and the
+# latency at half the peak claim rate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${BENCH_DURATION:-10s}
+CONNS=${BENCH_CONNECTIONS:-256}
+work=$(mktemp -d)
+port=${BENCH_REDIS_PORT:-6399}
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+bash scripts/test-deps.sh
+redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --dir "$work" --save "" \
+  --appendonly yes --appendfsync everysec --logfile redis.log
+secret=bench-secret-0123456789-0123456789-abcdef
+token=bench-admin-token-0123456789
+cat > "$work/gw.yaml" <<YAML
+public_addr: 127.0.0.1:18080
+admin_addr: 127.0.0.1:18081
+data_dir: $work/gw
+redis: {addrs: [127.0.0.1:$port]}
+auth: {hs256_secret: $secret}
+admin: {tokens: {$token: admin}}
+log: {level: warn}
+YAML
+bin/flashgate serve --config "$work/gw.yaml" 2>"$work/gw.log" & pids+=($!)
+bin/flashbench hello --addr 127.0.0.1:18090 & pids+=($!)
+for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18081/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(go version | cut -d' ' -f3), commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
+bin/flashbench speed --url http://127.0.0.1:18080 --hello http://127.0.0.1:18090 --admin http://127.0.0.1:18081 \
+  --admin-token "$token" --secret "$secret" --duration "$DUR" --connections "$CONNS" --json "${BENCH_JSON:-bench-result.json}"
