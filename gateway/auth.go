@@ -40,19 +40,22 @@ var (
 type verifier struct {
 	parser *jwt.Parser
 	key    any
+	now    func() time.Time
+	leeway time.Duration
+	cache  *tokenCache
 }
 
 func newVerifier(c AuthConfig, now func() time.Time) (*verifier, error) {
 	opts := []jwt.ParserOption{jwt.WithExpirationRequired(), jwt.WithLeeway(c.Leeway), jwt.WithTimeFunc(now)}
 	switch {
 	case c.HS256Secret != "":
-		return &verifier{parser: jwt.NewParser(append(opts, jwt.WithValidMethods([]string{"HS256"}))...), key: []byte(c.HS256Secret)}, nil
+		return &verifier{parser: jwt.NewParser(append(opts, jwt.WithValidMethods([]string{"HS256"}))...), key: []byte(c.HS256Secret), now: now, leeway: c.Leeway, cache: newTokenCache()}, nil
 	case c.Ed25519PublicKey != "":
 		pk, err := parseEd25519PublicKey(c.Ed25519PublicKey)
 		if err != nil {
 			return nil, err
 		}
-		return &verifier{parser: jwt.NewParser(append(opts, jwt.WithValidMethods([]string{"EdDSA"}))...), key: pk}, nil
+		return &verifier{parser: jwt.NewParser(append(opts, jwt.WithValidMethods([]string{"EdDSA"}))...), key: pk, now: now, leeway: c.Leeway, cache: newTokenCache()}, nil
 	}
 	return nil, errors.New("gateway: no JWT key configured")
 }
@@ -68,6 +71,10 @@ func (v *verifier) verify(authz []byte) (string, error) {
 	if len(raw) > tokenLenMax {
 		return "", errTokenTooLong
 	}
+	now := v.now()
+	if sub, ok := v.cache.get(raw, now.Add(-v.leeway)); ok {
+		return sub, nil
+	}
 	var claims jwt.RegisteredClaims
 	_, err := v.parser.ParseWithClaims(string(raw), &claims, func(*jwt.Token) (any, error) { return v.key, nil })
 	if err != nil {
@@ -75,6 +82,9 @@ func (v *verifier) verify(authz []byte) (string, error) {
 	}
 	if !validUserID(claims.Subject) {
 		return "", errBadSubject
+	}
+	if claims.ExpiresAt != nil { // required by the parser; cached until then
+		v.cache.put(raw, claims.Subject, claims.ExpiresAt.Time)
 	}
 	return claims.Subject, nil
 }

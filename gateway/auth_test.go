@@ -85,3 +85,30 @@ func FuzzVerifyToken(f *testing.F) {
 		}
 	})
 }
+
+// TestTokenCacheHonoursExpiry: a cached token stops working at exp (+leeway),
+// and a token differing in one byte is verified in full, not served from cache.
+func TestTokenCacheHonoursExpiry(t *testing.T) {
+	now := time.Now()
+	clock := func() time.Time { return now }
+	secret := "cache-secret-0123456789-0123456789-x"
+	v, err := newVerifier(AuthConfig{HS256Secret: secret, Leeway: time.Second}, clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "bob", "exp": now.Add(time.Minute).Unix()}).SignedString([]byte(secret))
+	for i := 0; i < 2; i++ { // miss, then hit
+		if sub, err := v.verify([]byte("Bearer " + tok)); err != nil || sub != "bob" {
+			t.Fatalf("verify %d: %q %v", i, sub, err)
+		}
+	}
+	forged := []byte("Bearer " + tok)
+	forged[len(forged)-2] ^= 1
+	if _, err := v.verify(forged); err == nil {
+		t.Fatal("token with an altered signature accepted")
+	}
+	now = now.Add(2 * time.Minute)
+	if _, err := v.verify([]byte("Bearer " + tok)); err == nil {
+		t.Fatal("expired token served from the cache")
+	}
+}

@@ -325,8 +325,12 @@ func writeGranted(ctx *fasthttp.RequestCtx, c *campaign.Campaign, r *ledger.Reco
 	b = append(b, `","campaign":"`...)
 	b = append(b, c.ID...)
 	b = append(b, `","coupon":`...)
-	cj, _ := json.Marshal(&c.Coupon)
-	b = append(b, cj...)
+	if c.CouponJSON != nil {
+		b = append(b, c.CouponJSON...)
+	} else {
+		cj, _ := json.Marshal(&c.Coupon)
+		b = append(b, cj...)
+	}
 	b = append(b, `,"valid_from":`...)
 	b = appendUnixTime(b, r.ValidFrom)
 	b = append(b, `,"valid_until":`...)

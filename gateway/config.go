@@ -19,17 +19,18 @@ import (
 // in the YAML file or by FLASHGATE_<KEY PATH IN CAPITALS, . → _>; lists and
 // maps from the environment are comma-separated (maps as k=v).
 type Config struct {
-	PublicAddr string      `koanf:"public_addr"`
-	AdminAddr  string      `koanf:"admin_addr"`
-	DataDir    string      `koanf:"data_dir"`
-	Redis      RedisConfig `koanf:"redis"`
-	NATS       NATSConfig  `koanf:"nats"`
-	Auth       AuthConfig  `koanf:"auth"`
-	Admin      AdminConfig `koanf:"admin"`
-	Store      StoreConfig `koanf:"store"`
-	Claim      ClaimConfig `koanf:"claim"`
-	HTTP       HTTPConfig  `koanf:"http"`
-	Log        LogConfig   `koanf:"log"`
+	PublicAddr string       `koanf:"public_addr"`
+	AdminAddr  string       `koanf:"admin_addr"`
+	DataDir    string       `koanf:"data_dir"`
+	Redis      RedisConfig  `koanf:"redis"`
+	NATS       NATSConfig   `koanf:"nats"`
+	Auth       AuthConfig   `koanf:"auth"`
+	Admin      AdminConfig  `koanf:"admin"`
+	Store      StoreConfig  `koanf:"store"`
+	Claim      ClaimConfig  `koanf:"claim"`
+	Ledger     LedgerConfig `koanf:"ledger"`
+	HTTP       HTTPConfig   `koanf:"http"`
+	Log        LogConfig    `koanf:"log"`
 }
 
 type RedisConfig struct {
@@ -37,6 +38,8 @@ type RedisConfig struct {
 	// Timeout bounds one Redis round trip of a claim (the claim deadline
 	// bounds the whole claim).
 	Timeout time.Duration `koanf:"timeout"`
+	// MaxFlushDelay lets rueidis batch pipelined commands into fewer writes.
+	MaxFlushDelay time.Duration `koanf:"max_flush_delay"`
 }
 
 type NATSConfig struct {
@@ -59,6 +62,12 @@ type AdminConfig struct {
 type StoreConfig struct {
 	Driver string `koanf:"driver"` // sqlite | postgres
 	DSN    string `koanf:"dsn"`
+}
+
+type LedgerConfig struct {
+	// SyncIntervalMin lets one WAL fsync wait this long for more grants to
+	// join it (group commit); 0 syncs as soon as the previous sync ends.
+	SyncIntervalMin time.Duration `koanf:"sync_interval_min"`
 }
 
 type ClaimConfig struct {
@@ -87,7 +96,7 @@ func DefaultConfig() Config {
 		PublicAddr: "127.0.0.1:8080",
 		AdminAddr:  "127.0.0.1:8081",
 		DataDir:    "./data",
-		Redis:      RedisConfig{Addrs: []string{"127.0.0.1:6379"}, Timeout: 500 * time.Millisecond},
+		Redis:      RedisConfig{Addrs: []string{"127.0.0.1:6379"}, Timeout: 500 * time.Millisecond, MaxFlushDelay: 20 * time.Microsecond},
 		NATS:       NATSConfig{Replicas: 1},
 		Auth:       AuthConfig{Mode: "jwt", Leeway: 5 * time.Second},
 		Admin:      AdminConfig{Tokens: map[string]string{}},
@@ -155,9 +164,9 @@ var envKeys = map[string]string{}
 
 func init() {
 	for _, key := range []string{
-		"public_addr", "admin_addr", "data_dir", "redis.addrs", "redis.timeout", "nats.url", "nats.replicas",
+		"public_addr", "admin_addr", "data_dir", "redis.addrs", "redis.timeout", "redis.max_flush_delay", "nats.url", "nats.replicas",
 		"auth.mode", "auth.hs256_secret", "auth.ed25519_public_key", "auth.trusted_proxies", "auth.leeway",
-		"admin.tokens", "store.driver", "store.dsn", "claim.timeout", "claim.idempotency_ttl",
+		"admin.tokens", "store.driver", "store.dsn", "claim.timeout", "claim.idempotency_ttl", "ledger.sync_interval_min",
 		"http.read_timeout", "http.write_timeout", "http.idle_timeout", "http.concurrency",
 		"http.max_conns_per_ip", "http.drain_timeout", "log.level",
 	} {
@@ -222,6 +231,9 @@ func (c *Config) Validate() error {
 	if c.Redis.Timeout <= 0 {
 		bad("redis.timeout", "must be positive")
 	}
+	if c.Redis.MaxFlushDelay < 0 || c.Redis.MaxFlushDelay > time.Millisecond {
+		bad("redis.max_flush_delay", "must be 0..1ms")
+	}
 	if c.NATS.Replicas < 1 || c.NATS.Replicas > 5 {
 		bad("nats.replicas", "must be 1..5")
 	}
@@ -272,6 +284,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Claim.IdempotencyTTL < time.Minute || c.Claim.IdempotencyTTL > 30*24*time.Hour {
 		bad("claim.idempotency_ttl", "must be 1m..720h")
+	}
+	if c.Ledger.SyncIntervalMin < 0 || c.Ledger.SyncIntervalMin > 10*time.Millisecond {
+		bad("ledger.sync_interval_min", "must be 0..10ms")
 	}
 	for key, d := range map[string]time.Duration{"http.read_timeout": c.HTTP.ReadTimeout, "http.write_timeout": c.HTTP.WriteTimeout,
 		"http.idle_timeout": c.HTTP.IdleTimeout, "http.drain_timeout": c.HTTP.DrainTimeout} {

@@ -36,6 +36,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -66,7 +67,10 @@ type Options struct {
 	Dir                string
 	ReadOnly           bool
 	AppendsInflightMax int
-	Logger             *slog.Logger
+	// SyncIntervalMin, when > 0, lets a WAL sync wait up to this long for
+	// more appends to join it: fewer fsyncs, at most this much more latency.
+	SyncIntervalMin time.Duration
+	Logger          *slog.Logger
 }
 
 // EnsureDefaults fills unset fields.
@@ -84,6 +88,9 @@ func (o *Options) Validate() error {
 	var errs []error
 	if o.Dir == "" {
 		errs = append(errs, errors.New("ledger: Dir is empty"))
+	}
+	if o.SyncIntervalMin < 0 || o.SyncIntervalMin > 10*time.Millisecond {
+		errs = append(errs, fmt.Errorf("ledger: SyncIntervalMin %v outside 0..10ms", o.SyncIntervalMin))
 	}
 	if o.AppendsInflightMax < 1 {
 		errs = append(errs, fmt.Errorf("ledger: AppendsInflightMax %d < 1", o.AppendsInflightMax))
@@ -120,11 +127,15 @@ func Open(opts Options) (*Ledger, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	db, err := pebble.Open(opts.Dir, &pebble.Options{
+	popts := &pebble.Options{
 		ReadOnly:     opts.ReadOnly,
 		MemTableSize: memTableSizeDefault,
 		Logger:       pebbleLogger{opts.Logger},
-	})
+	}
+	if d := opts.SyncIntervalMin; d > 0 {
+		popts.WALMinSyncInterval = func() time.Duration { return d }
+	}
+	db, err := pebble.Open(opts.Dir, popts)
 	if err != nil {
 		return nil, fmt.Errorf("ledger: open %s: %w", opts.Dir, err)
 	}

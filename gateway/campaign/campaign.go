@@ -112,6 +112,10 @@ type Campaign struct {
 	Paused       bool      `json:"paused,omitempty"`
 	Deleted      bool      `json:"deleted,omitempty"`
 	CreatedAt    time.Time `json:"created_at"`
+
+	// CouponJSON is Coupon encoded once when the definition is loaded, for
+	// the claim answer (the hot path does not marshal it per grant).
+	CouponJSON []byte `json:"-"`
 }
 
 // State of a campaign at an instant.

@@ -123,6 +123,7 @@ func (r *Registry) apply(m map[string]*Campaign, e jetstream.KeyValueEntry) {
 		r.log.Error("campaign: undecodable definition in bucket; keeping previous", "key", e.Key(), "err", err)
 		return
 	}
+	c.CouponJSON, _ = json.Marshal(&c.Coupon)
 	m[c.ID] = &c
 }
 
