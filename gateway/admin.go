@@ -61,6 +61,21 @@ func (g *Gateway) handleAdmin(ctx *fasthttp.RequestCtx) {
 		default:
 			adminError(ctx, fasthttp.StatusMethodNotAllowed, "invalid_request", "GET or POST")
 		}
+	case parts[0] == "campaigns" && len(parts) == 3 && parts[2] == "grants":
+		if !ctx.IsGet() {
+			adminError(ctx, fasthttp.StatusMethodNotAllowed, "invalid_request", "GET")
+			return
+		}
+		g.adminCampaignGrants(ctx, parts[1])
+	case parts[0] == "audit" && len(parts) == 1:
+		rctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		rep, err := g.Audit(rctx)
+		if err != nil {
+			adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
+			return
+		}
+		adminJSON(ctx, fasthttp.StatusOK, rep)
 	case parts[0] == "campaigns" && len(parts) == 2:
 		if !ctx.IsGet() {
 			adminError(ctx, fasthttp.StatusMethodNotAllowed, "invalid_request", "GET")

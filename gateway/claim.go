@@ -62,27 +62,11 @@ func (g *Gateway) parseClaim(ctx *fasthttp.RequestCtx, id []byte) (claimInput, s
 		return in, status.InvalidRequest, err.Error()
 	}
 	in.ip = ip
-	switch g.cfg.Auth.Mode {
-	case "jwt":
-		authz := ctx.Request.Header.Peek("Authorization")
-		if len(authz) == 0 {
-			return in, status.Unauthenticated, "missing Authorization: Bearer token"
-		}
-		sub, err := g.verify.verify(authz)
-		if err != nil {
-			return in, status.Unauthenticated, "bad token: " + err.Error()
-		}
-		in.user = sub
-	case "trusted-header":
-		if !g.proxies.contains(peer) {
-			return in, status.Unauthenticated, "X-User-ID accepted only from a trusted proxy"
-		}
-		u := ctx.Request.Header.Peek("X-User-ID")
-		if !printableTokenBytes(u, userIDLenMax) {
-			return in, status.Unauthenticated, "missing or malformed X-User-ID"
-		}
-		in.user = string(u)
+	user, st, msg := g.authenticate(ctx)
+	if st != status.Granted {
+		return in, st, msg
 	}
+	in.user = user
 	dev := ctx.Request.Header.Peek("X-Device-ID")
 	if len(dev) == 0 {
 		return in, status.InvalidRequest, "X-Device-ID header is required"
@@ -120,6 +104,34 @@ func (g *Gateway) parseClaim(ctx *fasthttp.RequestCtx, id []byte) (claimInput, s
 	}
 	in.campaignID = string(id)
 	return in, status.Granted, ""
+}
+
+// authenticate returns the caller's user id (JWT or trusted header), or the
+// status and message to refuse with.
+func (g *Gateway) authenticate(ctx *fasthttp.RequestCtx) (string, status.Status, string) {
+	switch g.cfg.Auth.Mode {
+	case "jwt":
+		authz := ctx.Request.Header.Peek("Authorization")
+		if len(authz) == 0 {
+			return "", status.Unauthenticated, "missing Authorization: Bearer token"
+		}
+		sub, err := g.verify.verify(authz)
+		if err != nil {
+			return "", status.Unauthenticated, "bad token: " + err.Error()
+		}
+		return sub, status.Granted, ""
+	case "trusted-header":
+		peer, _ := netip.AddrFromSlice(ctx.RemoteIP())
+		if !g.proxies.contains(peer.Unmap()) {
+			return "", status.Unauthenticated, "X-User-ID accepted only from a trusted proxy"
+		}
+		u := ctx.Request.Header.Peek("X-User-ID")
+		if !printableTokenBytes(u, userIDLenMax) {
+			return "", status.Unauthenticated, "missing or malformed X-User-ID"
+		}
+		return string(u), status.Granted, ""
+	}
+	return "", status.Unauthenticated, "no authentication mode"
 }
 
 func (g *Gateway) handleClaim(ctx *fasthttp.RequestCtx, id []byte) {
@@ -160,8 +172,12 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 		writeError(ctx, status.Paused, "campaign is paused")
 		return record(status.Paused)
 	}
-	if !g.nc.IsConnected() || !g.reg.Synced() {
+	if g.reg.StaleFor(now) > g.cfg.NATS.ControlPlaneStaleMax {
 		writeUnavailable(ctx, "control plane unavailable")
+		return record(status.Unavailable)
+	}
+	if b := g.relay.Backlog(); b > uint64(g.cfg.Relay.BacklogMax) {
+		writeUnavailable(ctx, "grant pipeline backlog full")
 		return record(status.Unavailable)
 	}
 	flag := g.soldOutFlag(c.ID)

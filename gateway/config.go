@@ -19,6 +19,7 @@ import (
 // in the YAML file or by FLASHGATE_<KEY PATH IN CAPITALS, . → _>; lists and
 // maps from the environment are comma-separated (maps as k=v).
 type Config struct {
+	NodeID     string       `koanf:"node_id"` // this gateway's name in grants and audits (default gw-<hostname>)
 	PublicAddr string       `koanf:"public_addr"`
 	AdminAddr  string       `koanf:"admin_addr"`
 	DataDir    string       `koanf:"data_dir"`
@@ -29,6 +30,8 @@ type Config struct {
 	Store      StoreConfig  `koanf:"store"`
 	Claim      ClaimConfig  `koanf:"claim"`
 	Ledger     LedgerConfig `koanf:"ledger"`
+	Relay      RelayConfig  `koanf:"relay"`
+	Sink       SinkConfig   `koanf:"sink"`
 	HTTP       HTTPConfig   `koanf:"http"`
 	Log        LogConfig    `koanf:"log"`
 }
@@ -45,6 +48,29 @@ type RedisConfig struct {
 type NATSConfig struct {
 	URL      string `koanf:"url"`      // empty = embedded JetStream under data_dir
 	Replicas int    `koanf:"replicas"` // stream / bucket replicas (1 on one machine)
+	// DedupWindow is the GRANTS stream's duplicate window: longer than the
+	// worst relay lag, so a re-published grant is dropped by JetStream.
+	DedupWindow time.Duration `koanf:"dedup_window"`
+	// StreamMaxAge bounds how long grants stay in the stream.
+	StreamMaxAge time.Duration `koanf:"stream_max_age"`
+	// ControlPlaneStaleMax: while NATS is away the gateway keeps granting
+	// from its last campaign snapshot (the ledger holds the grants) for at
+	// most this long, then fails closed (I7).
+	ControlPlaneStaleMax time.Duration `koanf:"control_plane_stale_max"`
+}
+
+type RelayConfig struct {
+	// BacklogMax: past this many grants not yet in JetStream the gateway
+	// answers 503 instead of granting (the ledger must not grow unbounded).
+	BacklogMax int64 `koanf:"backlog_max"`
+	// ReconcileInterval is how often ledger grants are checked against the
+	// store; ReconcileGrace is how old a grant must be to count as missing.
+	ReconcileInterval time.Duration `koanf:"reconcile_interval"`
+	ReconcileGrace    time.Duration `koanf:"reconcile_grace"`
+}
+
+type SinkConfig struct {
+	Embedded bool `koanf:"embedded"` // run the sink inside serve
 }
 
 type AuthConfig struct {
@@ -97,7 +123,9 @@ func DefaultConfig() Config {
 		AdminAddr:  "127.0.0.1:8081",
 		DataDir:    "./data",
 		Redis:      RedisConfig{Addrs: []string{"127.0.0.1:6379"}, Timeout: 500 * time.Millisecond, MaxFlushDelay: 20 * time.Microsecond},
-		NATS:       NATSConfig{Replicas: 1},
+		NATS:       NATSConfig{Replicas: 1, DedupWindow: 2 * time.Hour, StreamMaxAge: 7 * 24 * time.Hour, ControlPlaneStaleMax: 2 * time.Minute},
+		Relay:      RelayConfig{BacklogMax: 1_000_000, ReconcileInterval: 10 * time.Second, ReconcileGrace: 30 * time.Second},
+		Sink:       SinkConfig{Embedded: true},
 		Auth:       AuthConfig{Mode: "jwt", Leeway: 5 * time.Second},
 		Admin:      AdminConfig{Tokens: map[string]string{}},
 		Store:      StoreConfig{Driver: "sqlite"},
@@ -164,7 +192,8 @@ var envKeys = map[string]string{}
 
 func init() {
 	for _, key := range []string{
-		"public_addr", "admin_addr", "data_dir", "redis.addrs", "redis.timeout", "redis.max_flush_delay", "nats.url", "nats.replicas",
+		"node_id", "public_addr", "admin_addr", "data_dir", "redis.addrs", "redis.timeout", "redis.max_flush_delay", "nats.url", "nats.replicas", "nats.dedup_window", "nats.stream_max_age", "nats.control_plane_stale_max",
+		"relay.backlog_max", "relay.reconcile_interval", "relay.reconcile_grace", "sink.embedded",
 		"auth.mode", "auth.hs256_secret", "auth.ed25519_public_key", "auth.trusted_proxies", "auth.leeway",
 		"admin.tokens", "store.driver", "store.dsn", "claim.timeout", "claim.idempotency_ttl", "ledger.sync_interval_min",
 		"http.read_timeout", "http.write_timeout", "http.idle_timeout", "http.concurrency",
@@ -236,6 +265,27 @@ func (c *Config) Validate() error {
 	}
 	if c.NATS.Replicas < 1 || c.NATS.Replicas > 5 {
 		bad("nats.replicas", "must be 1..5")
+	}
+	if c.NATS.DedupWindow < time.Minute || c.NATS.DedupWindow > 7*24*time.Hour {
+		bad("nats.dedup_window", "must be 1m..168h")
+	}
+	if c.NATS.StreamMaxAge < c.NATS.DedupWindow {
+		bad("nats.stream_max_age", "must be at least nats.dedup_window")
+	}
+	if c.NATS.ControlPlaneStaleMax < 0 || c.NATS.ControlPlaneStaleMax > time.Hour {
+		bad("nats.control_plane_stale_max", "must be 0..1h")
+	}
+	if c.Relay.BacklogMax < 1 {
+		bad("relay.backlog_max", "must be positive")
+	}
+	if c.Relay.ReconcileInterval < time.Second || c.Relay.ReconcileInterval > time.Hour {
+		bad("relay.reconcile_interval", "must be 1s..1h")
+	}
+	if c.Relay.ReconcileGrace < time.Second || c.Relay.ReconcileGrace >= c.NATS.DedupWindow {
+		bad("relay.reconcile_grace", "must be at least 1s and below nats.dedup_window")
+	}
+	if c.NodeID != "" && !printableToken(c.NodeID, 128) {
+		bad("node_id", "must be 1..128 printable characters")
 	}
 	switch c.Auth.Mode {
 	case "jwt":

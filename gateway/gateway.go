@@ -11,7 +11,9 @@
 //
 // Goroutines, each ending when Run's context ends: the two fasthttp servers,
 // the campaign watch (campaign.Registry.Run), the Redis connector, the stats
-// flusher, the transfer sweeper and the settler of unknown outcomes (unknown.go). Handler goroutines share only the
+// flusher, the transfer sweeper, the settler of unknown outcomes (unknown.go),
+// the relay (ledger → JetStream), the reconciler and, when embedded, the sink
+// (JetStream → SQL store) — pipeline.go. Handler goroutines share only the
 // registry snapshot (atomic pointer), the sold-out flags and stats counters
 // (atomics), the ledger and the Redis client (both safe for concurrent use).
 package gateway
@@ -37,6 +39,9 @@ import (
 	"github.com/flashgate/flashgate/gateway/campaign"
 	"github.com/flashgate/flashgate/gateway/stock"
 	"github.com/flashgate/flashgate/ledger"
+	"github.com/flashgate/flashgate/ledger/relay"
+	"github.com/flashgate/flashgate/ledger/sink"
+	"github.com/flashgate/flashgate/ledger/store"
 )
 
 const (
@@ -75,6 +80,10 @@ type Gateway struct {
 	nc      *nats.Conn
 	js      jetstream.JetStream
 	reg     *campaign.Registry
+	store   *store.Store
+	relay   *relay.Relay
+	sink    *sink.Sink
+	pipe    pipelineState
 	verify  *verifier
 	proxies proxySet
 	roles   map[string]role
@@ -130,6 +139,10 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 		return nil, err
 	}
 	if err := g.openNATS(ctx); err != nil {
+		g.Close()
+		return nil, err
+	}
+	if err := g.openPipeline(ctx); err != nil {
 		g.Close()
 		return nil, err
 	}
@@ -228,7 +241,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	for _, f := range []func(context.Context){g.reg.Run, g.connectRedis, g.flushStats, g.sweepTransfers, g.settleUnknown} {
+	loops := []func(context.Context){g.reg.Run, g.connectRedis, g.flushStats, g.sweepTransfers, g.settleUnknown, g.relay.Run, g.reconcile}
+	if g.sink != nil {
+		loops = append(loops, g.sink.Run)
+	}
+	for _, f := range loops {
 		wg.Add(1)
 		go func() { defer wg.Done(); f(bg) }()
 	}
@@ -276,6 +293,9 @@ func (g *Gateway) Close() {
 		}
 		if g.ledger != nil {
 			_ = g.ledger.Close()
+		}
+		if g.store != nil {
+			_ = g.store.Close()
 		}
 	})
 }
@@ -367,4 +387,13 @@ func (g *Gateway) sweepTransfers(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// NATSURL is the client URL of the NATS server the gateway uses (the
+// embedded one listens on a random loopback port).
+func (g *Gateway) NATSURL() string {
+	if g.ns != nil {
+		return g.ns.ClientURL()
+	}
+	return g.cfg.NATS.URL
 }

@@ -21,6 +21,10 @@ func (g *Gateway) handlePublic(ctx *fasthttp.RequestCtx) {
 		g.handleClaim(ctx, id)
 		return
 	}
+	if string(path) == "/v1/me/coupons" {
+		g.handleMyCoupons(ctx)
+		return
+	}
 	if g.handleOps(ctx, path) {
 		return
 	}
@@ -72,14 +76,19 @@ func (g *Gateway) readiness() (map[string]string, bool) {
 			checks["redis"] = "ok"
 		}
 	}
-	if !g.nc.IsConnected() {
-		fail("nats", "not connected")
-	} else if !g.reg.Synced() {
-		fail("nats", "campaign watch not synced")
-	} else {
+	switch stale := g.reg.StaleFor(time.Now()); {
+	case stale == 0:
 		checks["nats"] = "ok"
+	case stale <= g.cfg.NATS.ControlPlaneStaleMax:
+		checks["nats"] = fmt.Sprintf("degraded: campaign watch down for %s; granting from the last snapshot", stale.Round(time.Second))
+	default:
+		fail("nats", "campaign watch down")
 	}
 	checks["ledger"] = "ok"
+	checks["relay_backlog"] = fmt.Sprint(g.relay.Backlog())
+	if g.relay.Backlog() > uint64(g.cfg.Relay.BacklogMax) {
+		fail("relay_backlog", fmt.Sprintf("%d grants not yet in JetStream (max %d)", g.relay.Backlog(), g.cfg.Relay.BacklogMax))
+	}
 	return checks, ok
 }
 
@@ -140,6 +149,31 @@ func newMetrics() *metrics {
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	m.handler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	return m
+}
+
+func (m *metrics) registerPipeline(g *Gateway) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flashgate_relay_backlog", Help: "Ledger grants not yet acknowledged by JetStream."},
+			func() float64 { return float64(g.relay.Backlog()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flashgate_relay_published_total", Help: "Grant messages acknowledged by JetStream."},
+			func() float64 { return float64(g.relay.Published()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flashgate_relay_failed_batches_total", Help: "Relay batches retried."},
+			func() float64 { return float64(g.relay.Failures()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flashgate_reconcile_missing", Help: "Ledger grants found missing from the store in the last reconciliation pass."},
+			func() float64 { return float64(g.pipe.reconcileMissing.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flashgate_reconcile_republished_total", Help: "Grants published again by reconciliation."},
+			func() float64 { return float64(g.pipe.republished.Load()) }),
+	)
+	if g.sink != nil {
+		m.reg.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flashgate_sink_stored_total", Help: "Grants inserted into the store."},
+				func() float64 { return float64(g.sink.Stored()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flashgate_sink_duplicates_total", Help: "Grant deliveries already stored (skipped)."},
+				func() float64 { return float64(g.sink.Duplicates()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flashgate_sink_poison_total", Help: "Undecodable grant messages terminated."},
+				func() float64 { return float64(g.sink.Poison()) }),
+		)
+	}
 }
 
 func (m *metrics) observeClaim(s status.Status, d time.Duration) {

@@ -16,6 +16,7 @@
 //
 //	'g' grantID            -> encoded Record        (one per grant, never rewritten)
 //	'o' seq (8 bytes, BE)  -> grantID               (append order: the outbox)
+//	'c' name               -> seq (8 bytes, BE)     (a reader's cursor, e.g. the relay's)
 //
 // Sequence numbers are assigned at append time from a counter recovered on
 // Open from the last 'o' key. Commits of concurrent appends may become
@@ -44,6 +45,7 @@ import (
 const (
 	tagGrant  = 'g'
 	tagOutbox = 'o'
+	tagCursor = 'c'
 
 	// appendsInflightMaxDefault bounds appends waiting for a sync. A few
 	// hundred waiters already fill one group commit on this class of machine
@@ -110,7 +112,8 @@ type Ledger struct {
 	inflight map[string]*pendingAppend // grant id -> append in progress
 	seqsOpen seqSet                    // assigned but not yet committed
 
-	bufs sync.Pool
+	bufs   sync.Pool
+	notify chan struct{} // signalled (non-blocking) after each commit
 }
 
 type pendingAppend struct {
@@ -144,6 +147,7 @@ func Open(opts Options) (*Ledger, error) {
 		opts:     opts,
 		slots:    make(chan struct{}, opts.AppendsInflightMax),
 		inflight: make(map[string]*pendingAppend),
+		notify:   make(chan struct{}, 1),
 	}
 	l.bufs.New = func() any { b := make([]byte, 0, 256); return &b }
 	last, err := l.lastSeq()
@@ -271,7 +275,44 @@ func (l *Ledger) appendOnce(r *Record) (uint64, error) {
 		return 0, fmt.Errorf("ledger: commit: %w", err)
 	}
 	*bp = buf[:0]
+	select {
+	case l.notify <- struct{}{}:
+	default:
+	}
 	return seq, nil
+}
+
+// Appended is signalled after appends commit (coalesced: one signal may
+// stand for many appends). Readers of the outbox wait on it.
+func (l *Ledger) Appended() <-chan struct{} { return l.notify }
+
+// Cursor returns the named reader's position (0 if never set).
+func (l *Ledger) Cursor(name string) (uint64, error) {
+	v, closer, err := l.db.Get(append([]byte{tagCursor}, name...))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("ledger: cursor %s: %w", name, err)
+	}
+	defer closer.Close()
+	if len(v) != 8 {
+		return 0, fmt.Errorf("ledger: cursor %s: corrupt value %x", name, v)
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+// SetCursor stores the named reader's position. It is not synced on its own:
+// it becomes durable with the next synced append, and a cursor lost in a
+// crash only makes its reader repeat work it must already tolerate (the relay
+// re-publishes; JetStream drops duplicates by message id).
+func (l *Ledger) SetCursor(name string, seq uint64) error {
+	var v [8]byte
+	binary.BigEndian.PutUint64(v[:], seq)
+	if err := l.db.Set(append([]byte{tagCursor}, name...), v[:], pebble.NoSync); err != nil {
+		return fmt.Errorf("ledger: set cursor %s: %w", name, err)
+	}
+	return nil
 }
 
 // DurableSeq returns the highest sequence number s such that every append

@@ -15,10 +15,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/flashgate/flashgate/gateway"
@@ -29,6 +31,8 @@ const usage = `flashgate — a gateway for flash-coupon drops
 
 Usage:
   flashgate serve --config FILE [--check-config] [--demo]   run the gateway
+  flashgate sink --config FILE                              run the sink alone (stream → store; needs nats.url)
+  flashgate audit --config FILE [--json]                    check I1, I2, I5, I6 per campaign; exit 1 on a violation
   flashgate ledger dump --data-dir DIR                      print every grant in a ledger, one JSON object a line
   flashgate token --secret S --sub USER [--ttl D]           mint an HS256 token (development)
 
@@ -56,6 +60,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return ledgerDump(args[2:], stdout, stderr)
 	case "token":
 		return token(args[1:], stdout, stderr)
+	case "sink":
+		return sinkCmd(args[1:], stdout, stderr)
+	case "audit":
+		return auditCmd(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -191,4 +199,125 @@ func token(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stdout, s)
 	return 0
+}
+
+func sinkCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("sink", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "YAML configuration (nats.url and store.* are used)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := gateway.LoadConfig(*configPath, nil)
+	if err != nil {
+		fmt.Fprintf(stderr, "flashgate: invalid configuration:\n%v\n", err)
+		return 1
+	}
+	if cfg.NATS.URL == "" {
+		fmt.Fprintln(stderr, "flashgate sink: nats.url is required (with embedded NATS the sink runs inside serve)")
+		return 1
+	}
+	cfg.Sink.Embedded = false
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: logLevel(cfg.Log.Level)}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	g, err := gateway.New(ctx, cfg, gateway.WithLogger(log))
+	if err != nil {
+		fmt.Fprintf(stderr, "flashgate sink: %v\n", err)
+		return 1
+	}
+	defer g.Close()
+	if err := g.SinkOnly(ctx); err != nil {
+		fmt.Fprintf(stderr, "flashgate sink: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func auditCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "the gateway's YAML configuration")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := gateway.LoadConfig(*configPath, nil)
+	if err != nil {
+		fmt.Fprintf(stderr, "flashgate: invalid configuration:\n%v\n", err)
+		return 1
+	}
+	rep, source, err := fetchAudit(cfg, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "flashgate audit: %v\n", err)
+		return 1
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(rep)
+	} else {
+		printAudit(stdout, rep, source)
+	}
+	if rep.Violations > 0 {
+		return 1
+	}
+	return 0
+}
+
+// fetchAudit asks the running gateway (admin API), or audits its data
+// directory when it is stopped.
+func fetchAudit(cfg gateway.Config, stderr io.Writer) (gateway.AuditReport, string, error) {
+	var rep gateway.AuditReport
+	var token string
+	for tok, role := range cfg.Admin.Tokens {
+		if role == "admin" || token == "" {
+			token = tok
+		}
+	}
+	if token != "" {
+		req, _ := http.NewRequest("GET", "http://"+cfg.AdminAddr+"/admin/v1/audit", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := (&http.Client{Timeout: 90 * time.Second}).Do(req)
+		if err == nil {
+			defer resp.Body.Close()
+			if resp.StatusCode != 200 {
+				b, _ := io.ReadAll(resp.Body)
+				return rep, "", fmt.Errorf("gateway at %s answered HTTP %d: %s", cfg.AdminAddr, resp.StatusCode, b)
+			}
+			err := json.NewDecoder(resp.Body).Decode(&rep)
+			return rep, "running gateway at " + cfg.AdminAddr, err
+		}
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg.Sink.Embedded = false
+	g, err := gateway.New(ctx, cfg, gateway.WithLogger(log))
+	if err != nil {
+		return rep, "", fmt.Errorf("gateway not answering at %s and its data dir cannot be opened: %w", cfg.AdminAddr, err)
+	}
+	defer g.Close()
+	rep, err = g.AuditOffline(ctx)
+	return rep, "data directory " + cfg.DataDir, err
+}
+
+func printAudit(w io.Writer, rep gateway.AuditReport, source string) {
+	fmt.Fprintf(w, "audit of node %s (%s); relay backlog %d\n\n", rep.Node, source, rep.RelayBacklog)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "campaign\tstock\tredis granted\tredis remaining\tledger\tstream\tstore\tmissing in store\textra in store\tmax/user\t")
+	for _, r := range rep.Campaigns {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d/%d\t\n", r.Campaign, r.Stock, r.RedisGranted, r.RedisRemaining,
+			r.Ledger, r.Stream, r.Store, r.MissingInStore, r.ExtraInStore, r.StoreMaxPerUser, r.PerUserLimit)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	for _, r := range rep.Campaigns {
+		for _, v := range r.Violations {
+			fmt.Fprintf(w, "VIOLATION %s: %s\n", r.Campaign, v)
+		}
+	}
+	if rep.Violations == 0 {
+		fmt.Fprintln(w, "no violations")
+	}
 }

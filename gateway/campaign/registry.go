@@ -32,8 +32,10 @@ type Registry struct {
 	log    *slog.Logger
 	snap   atomic.Pointer[map[string]*Campaign]
 	synced atomic.Bool // initial values loaded and watcher alive
-	once   sync.Once
-	ready  chan struct{}
+	// downSince is when the watch was last lost (unix nanos; 0 while live).
+	downSince atomic.Int64
+	once      sync.Once
+	ready     chan struct{}
 }
 
 // OpenRegistry creates (or binds to) the bucket. history keeps a few
@@ -62,6 +64,7 @@ func (r *Registry) Run(ctx context.Context) {
 	for ctx.Err() == nil {
 		err := r.watch(ctx)
 		r.synced.Store(false)
+		r.downSince.CompareAndSwap(0, time.Now().UnixNano())
 		if ctx.Err() != nil {
 			return
 		}
@@ -95,6 +98,7 @@ func (r *Registry) watch(ctx context.Context) error {
 				initial = false
 				r.publish(next)
 				r.synced.Store(true)
+				r.downSince.Store(0)
 				r.once.Do(func() { close(r.ready) })
 				continue
 			}
@@ -141,6 +145,19 @@ func (r *Registry) WaitReady(ctx context.Context) error {
 
 // Synced reports whether the watch is live.
 func (r *Registry) Synced() bool { return r.synced.Load() }
+
+// StaleFor is how long the snapshot has gone without a live watch (0 while
+// live). Before the first sync it is reported as very stale.
+func (r *Registry) StaleFor(now time.Time) time.Duration {
+	if r.synced.Load() {
+		return 0
+	}
+	since := r.downSince.Load()
+	if since == 0 {
+		return time.Duration(1 << 62)
+	}
+	return now.Sub(time.Unix(0, since))
+}
 
 // Get returns the campaign from the local snapshot (never blocks).
 func (r *Registry) Get(id string) (*Campaign, bool) {

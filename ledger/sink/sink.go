@@ -1,0 +1,181 @@
+// Package sink moves grants from the JetStream stream GRANTS into the SQL
+// grant store, exactly once in effect (I5): a durable pull consumer fetches a
+// batch (≤ store.BatchMax), the batch is upserted in one transaction keyed by
+// grant id, and only after the commit are its messages acked. A crash before
+// the ack redelivers the batch; the primary key makes the repeat a no-op.
+//
+// A message that does not decode to a valid grant is terminated (never
+// redelivered), logged and counted: it cannot become valid by retrying, and
+// it must not block the grants behind it. Store errors are not acked: the
+// batch is redelivered after a bounded backoff.
+//
+// One goroutine: Run. Several sinks may share the durable consumer (each
+// message goes to one of them).
+package sink
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flashgate/flashgate/ledger/relay"
+	"github.com/flashgate/flashgate/ledger/store"
+)
+
+const (
+	// Durable is the consumer's name.
+	Durable = "flashgate-sink"
+	// messageLenMax bounds one message (a grant is ~400 bytes of JSON).
+	messageLenMax = 16 << 10
+	// ackPendingMax bounds messages delivered and not yet acked.
+	ackPendingMax = 8 * store.BatchMax
+	// fetchWait bounds how long one fetch waits for a full batch.
+	fetchWait  = 100 * time.Millisecond
+	backoffMax = 2 * time.Second
+)
+
+// Options of a sink.
+type Options struct {
+	JS     jetstream.JetStream
+	Store  *store.Store
+	Logger *slog.Logger
+}
+
+// Sink is a running consumer.
+type Sink struct {
+	o                  Options
+	stored, duplicates atomic.Int64
+	poison             atomic.Int64
+	lastStored         atomic.Int64 // unix nanos of the last commit that stored something
+}
+
+// New returns a sink.
+func New(o Options) (*Sink, error) {
+	if o.JS == nil || o.Store == nil {
+		return nil, errors.New("sink: JS and Store are required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return &Sink{o: o}, nil
+}
+
+// Stored, Duplicates and Poison count grants inserted, repeats skipped and
+// undecodable messages terminated.
+func (s *Sink) Stored() int64     { return s.stored.Load() }
+func (s *Sink) Duplicates() int64 { return s.duplicates.Load() }
+func (s *Sink) Poison() int64     { return s.poison.Load() }
+
+// Decode parses one stream message into a grant (untrusted bytes: fuzzed).
+func Decode(data []byte) (store.Grant, error) {
+	var g store.Grant
+	if len(data) > messageLenMax {
+		return g, fmt.Errorf("sink: message of %d bytes exceeds %d", len(data), messageLenMax)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&g); err != nil {
+		return g, fmt.Errorf("sink: decode: %w", err)
+	}
+	if dec.More() {
+		return g, errors.New("sink: trailing data after grant")
+	}
+	if err := g.Validate(); err != nil {
+		return g, fmt.Errorf("sink: invalid grant: %w", err)
+	}
+	return g, nil
+}
+
+// Run consumes until ctx ends, re-binding the consumer after errors.
+func (s *Sink) Run(ctx context.Context) {
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		err := s.consume(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		s.o.Logger.Warn("sink: consumer interrupted; retrying", "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, backoffMax)
+	}
+}
+
+func (s *Sink) consume(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	cons, err := s.o.JS.CreateOrUpdateConsumer(cctx, relay.Stream, jetstream.ConsumerConfig{
+		Durable:       Durable,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxAckPending: ackPendingMax,
+		FilterSubject: relay.SubjectPrefix + ">",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("sink: consumer: %w", err)
+	}
+	for ctx.Err() == nil {
+		batch, err := cons.Fetch(store.BatchMax, jetstream.FetchMaxWait(fetchWait))
+		if err != nil {
+			return fmt.Errorf("sink: fetch: %w", err)
+		}
+		var msgs []jetstream.Msg
+		var grants []store.Grant
+		for m := range batch.Messages() {
+			g, err := Decode(m.Data())
+			if err != nil {
+				s.poison.Add(1)
+				s.o.Logger.Error("sink: undecodable grant message terminated", "subject", m.Subject(), "err", err)
+				_ = m.Term()
+				continue
+			}
+			msgs = append(msgs, m)
+			grants = append(grants, g)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && len(msgs) == 0 {
+			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, jetstream.ErrNoHeartbeat) {
+				continue
+			}
+			return fmt.Errorf("sink: batch: %w", err)
+		}
+		if len(grants) == 0 {
+			continue
+		}
+		if err := s.store(ctx, msgs, grants); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, grants []store.Grant) error {
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	n, err := s.o.Store.Upsert(wctx, grants)
+	if err != nil {
+		for _, m := range msgs {
+			_ = m.NakWithDelay(time.Second)
+		}
+		return fmt.Errorf("sink: store: %w", err)
+	}
+	s.stored.Add(int64(n))
+	s.duplicates.Add(int64(len(grants) - n))
+	if n > 0 {
+		s.lastStored.Store(time.Now().UnixNano())
+	}
+	for _, m := range msgs {
+		_ = m.Ack() // a lost ack redelivers; the primary key absorbs it
+	}
+	return nil
+}

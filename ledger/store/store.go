@@ -1,0 +1,339 @@
+// Package store is the SQL grant store: the durable, queryable end of the
+// grant pipeline (ledger → JetStream → sink → here).
+//
+// One schema, two drivers behind database/sql: SQLite (modernc.org/sqlite,
+// pure Go, the embedded default) and PostgreSQL (jackc/pgx). The grant id is
+// the primary key and every write is INSERT … ON CONFLICT DO NOTHING, so a
+// grant delivered twice (relay restart, redelivery after a sink crash) is
+// stored once (invariant I5). A batch is one transaction; the sink acks its
+// messages only after the commit.
+//
+//	grants(grant_id PK, campaign, user_id, device, client_ip, idempotency_key,
+//	       shard, granted_at (unix ns), valid_from, valid_until (unix s),
+//	       face_value (cents), node (gateway), ledger_seq, stored_at (unix ns))
+//	campaigns(id PK, definition JSON, updated_at)   -- snapshots for reporting
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // driver "pgx"
+	_ "modernc.org/sqlite"             // driver "sqlite"
+)
+
+const (
+	// BatchMax bounds grants per write transaction (SQLite allows 32766
+	// parameters per statement; 500 rows × 14 columns stays well below).
+	BatchMax = 500
+	// PageMax bounds one page of a listing.
+	PageMax = 1000
+)
+
+// Grant is one stored grant.
+type Grant struct {
+	GrantID        string `json:"grant_id"`
+	Campaign       string `json:"campaign"`
+	User           string `json:"user"`
+	Device         string `json:"device"`
+	ClientIP       string `json:"client_ip"`
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	Shard          uint32 `json:"shard"`
+	GrantedAtNanos int64  `json:"granted_at_ns"`
+	ValidFrom      int64  `json:"valid_from,omitempty"`
+	ValidUntil     int64  `json:"valid_until,omitempty"`
+	FaceValue      int64  `json:"face_value,omitempty"`
+	Node           string `json:"node"`
+	LedgerSeq      uint64 `json:"ledger_seq"`
+}
+
+// Validate checks a grant arriving from the stream (untrusted bytes).
+func (g *Grant) Validate() error {
+	var errs []error
+	if g.GrantID == "" || len(g.GrantID) > 64 {
+		errs = append(errs, errors.New("grant_id must be 1..64 bytes"))
+	}
+	if g.Campaign == "" || len(g.Campaign) > 64 {
+		errs = append(errs, errors.New("campaign must be 1..64 bytes"))
+	}
+	if g.User == "" || len(g.User) > 128 {
+		errs = append(errs, errors.New("user must be 1..128 bytes"))
+	}
+	if len(g.Device) > 128 || len(g.ClientIP) > 64 || len(g.IdempotencyKey) > 64 || len(g.Node) > 128 {
+		errs = append(errs, errors.New("device/client_ip/idempotency_key/node too long"))
+	}
+	return errors.Join(errs...)
+}
+
+// Store is an open grant store.
+type Store struct {
+	db     *sql.DB
+	driver string
+}
+
+// Open connects and creates the schema if needed. driver is "sqlite" (dsn a
+// file path) or "postgres" (dsn a PostgreSQL URL or key=value string).
+func Open(ctx context.Context, driver, dsn string) (*Store, error) {
+	var db *sql.DB
+	var err error
+	switch driver {
+	case "sqlite":
+		// WAL journal: readers do not block the sink's writer; synchronous=FULL:
+		// a committed batch survives a power cut before the sink acks it.
+		db, err = sql.Open("sqlite", "file:"+dsn+"?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)")
+		if err == nil {
+			db.SetMaxOpenConns(1) // SQLite has one writer; one connection avoids SQLITE_BUSY
+		}
+	case "postgres":
+		db, err = sql.Open("pgx", dsn)
+		if err == nil {
+			db.SetMaxOpenConns(16)
+		}
+	default:
+		return nil, fmt.Errorf("store: unknown driver %q (sqlite | postgres)", driver)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: open: %w", err)
+	}
+	s := &Store{db: db, driver: driver}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes the connection pool.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Driver names the driver.
+func (s *Store) Driver() string { return s.driver }
+
+func (s *Store) migrate(ctx context.Context) error {
+	stmts := []string{
+		`CREATE TABLE IF NOT EXISTS grants (
+			grant_id TEXT PRIMARY KEY,
+			campaign TEXT NOT NULL,
+			user_id TEXT NOT NULL,
+			device TEXT NOT NULL,
+			client_ip TEXT NOT NULL,
+			idempotency_key TEXT NOT NULL,
+			shard INTEGER NOT NULL,
+			granted_at BIGINT NOT NULL,
+			valid_from BIGINT NOT NULL,
+			valid_until BIGINT NOT NULL,
+			face_value BIGINT NOT NULL,
+			node TEXT NOT NULL,
+			ledger_seq BIGINT NOT NULL,
+			stored_at BIGINT NOT NULL)`,
+		`CREATE INDEX IF NOT EXISTS grants_by_user ON grants (user_id, granted_at)`,
+		`CREATE INDEX IF NOT EXISTS grants_by_campaign ON grants (campaign, grant_id)`,
+		`CREATE TABLE IF NOT EXISTS campaigns (id TEXT PRIMARY KEY, definition TEXT NOT NULL, updated_at BIGINT NOT NULL)`,
+	}
+	for _, q := range stmts {
+		if _, err := s.db.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("store: migrate: %w", err)
+		}
+	}
+	return nil
+}
+
+// rebind turns ? placeholders into $n for PostgreSQL.
+func (s *Store) rebind(q string) string {
+	if s.driver != "postgres" {
+		return q
+	}
+	var b strings.Builder
+	n := 0
+	for _, r := range q {
+		if r == '?' {
+			n++
+			b.WriteString("$" + strconv.Itoa(n))
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+const grantColumns = "grant_id, campaign, user_id, device, client_ip, idempotency_key, shard, granted_at, valid_from, valid_until, face_value, node, ledger_seq"
+
+// Upsert stores grants in one transaction (at most BatchMax), skipping ids
+// already stored. It returns how many rows were new.
+func (s *Store) Upsert(ctx context.Context, grants []Grant) (int, error) {
+	if len(grants) == 0 {
+		return 0, nil
+	}
+	if len(grants) > BatchMax {
+		return 0, fmt.Errorf("store: batch of %d exceeds %d", len(grants), BatchMax)
+	}
+	var q strings.Builder
+	q.WriteString("INSERT INTO grants (" + grantColumns + ", stored_at) VALUES ")
+	args := make([]any, 0, len(grants)*14)
+	now := time.Now().UnixNano()
+	for i := range grants {
+		g := &grants[i]
+		if i > 0 {
+			q.WriteByte(',')
+		}
+		q.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+		args = append(args, g.GrantID, g.Campaign, g.User, g.Device, g.ClientIP, g.IdempotencyKey, int64(g.Shard),
+			g.GrantedAtNanos, g.ValidFrom, g.ValidUntil, g.FaceValue, g.Node, int64(g.LedgerSeq), now)
+	}
+	q.WriteString(" ON CONFLICT (grant_id) DO NOTHING")
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("store: begin: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
+	res, err := tx.ExecContext(ctx, s.rebind(q.String()), args...)
+	if err != nil {
+		return 0, fmt.Errorf("store: insert: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("store: commit: %w", err)
+	}
+	return int(n), nil
+}
+
+func scanGrants(rows *sql.Rows) ([]Grant, error) {
+	defer rows.Close()
+	var out []Grant
+	for rows.Next() {
+		var g Grant
+		var shard, seq int64
+		if err := rows.Scan(&g.GrantID, &g.Campaign, &g.User, &g.Device, &g.ClientIP, &g.IdempotencyKey, &shard,
+			&g.GrantedAtNanos, &g.ValidFrom, &g.ValidUntil, &g.FaceValue, &g.Node, &seq); err != nil {
+			return nil, fmt.Errorf("store: scan: %w", err)
+		}
+		g.Shard, g.LedgerSeq = uint32(shard), uint64(seq)
+		out = append(out, g)
+	}
+	return out, rows.Err()
+}
+
+// ByUser returns a user's grants, newest first (at most limit ≤ PageMax).
+func (s *Store) ByUser(ctx context.Context, user string, limit int) ([]Grant, error) {
+	limit = min(max(limit, 1), PageMax)
+	rows, err := s.db.QueryContext(ctx, s.rebind("SELECT "+grantColumns+" FROM grants WHERE user_id = ? ORDER BY granted_at DESC, grant_id LIMIT ?"), user, limit)
+	if err != nil {
+		return nil, fmt.Errorf("store: by user: %w", err)
+	}
+	return scanGrants(rows)
+}
+
+// ByCampaign returns a page of a campaign's grants ordered by grant id,
+// starting after cursor (""), and the cursor of the next page ("" at the end).
+func (s *Store) ByCampaign(ctx context.Context, campaign, cursor string, limit int) ([]Grant, string, error) {
+	limit = min(max(limit, 1), PageMax)
+	rows, err := s.db.QueryContext(ctx, s.rebind("SELECT "+grantColumns+" FROM grants WHERE campaign = ? AND grant_id > ? ORDER BY grant_id LIMIT ?"), campaign, cursor, limit+1)
+	if err != nil {
+		return nil, "", fmt.Errorf("store: by campaign: %w", err)
+	}
+	gs, err := scanGrants(rows)
+	if err != nil {
+		return nil, "", err
+	}
+	next := ""
+	if len(gs) > limit {
+		gs = gs[:limit]
+		next = gs[limit-1].GrantID
+	}
+	return gs, next, nil
+}
+
+// Missing returns the ids among ids that are not stored (at most BatchMax ids).
+func (s *Store) Missing(ctx context.Context, ids []string) ([]string, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	if len(ids) > BatchMax {
+		return nil, fmt.Errorf("store: %d ids exceed %d", len(ids), BatchMax)
+	}
+	q := "SELECT grant_id FROM grants WHERE grant_id IN (" + strings.TrimSuffix(strings.Repeat("?,", len(ids)), ",") + ")"
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id
+	}
+	rows, err := s.db.QueryContext(ctx, s.rebind(q), args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: missing: %w", err)
+	}
+	defer rows.Close()
+	have := make(map[string]bool, len(ids))
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		have[id] = true
+	}
+	var out []string
+	for _, id := range ids {
+		if !have[id] {
+			out = append(out, id)
+		}
+	}
+	return out, rows.Err()
+}
+
+// CampaignCount is a campaign's stored grants.
+type CampaignCount struct {
+	Campaign   string
+	Grants     int64
+	Users      int64 // distinct users
+	MaxPerUser int64
+}
+
+// Counts returns per-campaign totals.
+func (s *Store) Counts(ctx context.Context) (map[string]CampaignCount, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT campaign, SUM(n), COUNT(*), MAX(n) FROM
+		(SELECT campaign, user_id, COUNT(*) AS n FROM grants GROUP BY campaign, user_id) per_user GROUP BY campaign`)
+	if err != nil {
+		return nil, fmt.Errorf("store: counts: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]CampaignCount{}
+	for rows.Next() {
+		var c CampaignCount
+		if err := rows.Scan(&c.Campaign, &c.Grants, &c.Users, &c.MaxPerUser); err != nil {
+			return nil, err
+		}
+		out[c.Campaign] = c
+	}
+	return out, rows.Err()
+}
+
+// IDs calls fn for every stored grant id of campaign, in id order.
+func (s *Store) IDs(ctx context.Context, campaign string, fn func(id string)) error {
+	cursor := ""
+	for {
+		gs, next, err := s.ByCampaign(ctx, campaign, cursor, PageMax)
+		if err != nil {
+			return err
+		}
+		for _, g := range gs {
+			fn(g.GrantID)
+		}
+		if next == "" {
+			return nil
+		}
+		cursor = next
+	}
+}
+
+// SaveCampaign stores a campaign definition snapshot for reporting.
+func (s *Store) SaveCampaign(ctx context.Context, id string, definition []byte) error {
+	q := "INSERT INTO campaigns (id, definition, updated_at) VALUES (?,?,?) ON CONFLICT (id) DO UPDATE SET definition = excluded.definition, updated_at = excluded.updated_at"
+	_, err := s.db.ExecContext(ctx, s.rebind(q), id, string(definition), time.Now().UnixNano())
+	if err != nil {
+		return fmt.Errorf("store: save campaign: %w", err)
+	}
+	return nil
+}
