@@ -88,3 +88,32 @@ func HelloTarget(url string, claims *ClaimTarget) func(int64, *fasthttp.Request)
 		req.SetRequestURI(url + "/v1/campaigns/" + claims.Campaign + "/claim")
 	}
 }
+
+// StoreLag polls the campaign's stats until the store holds every grant Redis
+// counted, and returns how long that took (the pipeline's lag behind the last
+// grant), or an error after wait.
+func StoreLag(adminURL, adminToken, campaign string, wait time.Duration) (time.Duration, int64, error) {
+	start := time.Now()
+	for {
+		req, _ := http.NewRequest("GET", adminURL+"/admin/v1/campaigns/"+campaign, nil)
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			var v struct {
+				Stats struct {
+					Granted int64 `json:"granted"`
+					Stored  int64 `json:"stored"`
+				} `json:"stats"`
+			}
+			err = json.NewDecoder(resp.Body).Decode(&v)
+			resp.Body.Close()
+			if err == nil && v.Stats.Granted > 0 && v.Stats.Stored >= v.Stats.Granted {
+				return time.Since(start), v.Stats.Stored, nil
+			}
+		}
+		if time.Since(start) > wait {
+			return 0, 0, fmt.Errorf("bench: store did not catch up within %v", wait)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

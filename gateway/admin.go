@@ -5,11 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/pprof"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"github.com/flashgate/flashgate/gateway/campaign"
 	"github.com/flashgate/flashgate/gateway/status"
@@ -34,6 +37,14 @@ const adminWaitVisible = 2 * time.Second
 func (g *Gateway) handleAdmin(ctx *fasthttp.RequestCtx) {
 	path := ctx.Path()
 	if g.handleOps(ctx, path) {
+		return
+	}
+	if g.cfg.Admin.Pprof && bytes.HasPrefix(path, []byte("/debug/pprof/")) {
+		if g.adminRole(ctx) < roleAdmin {
+			adminError(ctx, fasthttp.StatusUnauthorized, "unauthenticated", "role admin required")
+			return
+		}
+		pprofHandler(ctx)
 		return
 	}
 	if !bytes.HasPrefix(path, []byte("/admin/v1/")) {
@@ -213,6 +224,7 @@ type campaignStats struct {
 	Remaining        int64            `json:"remaining"`
 	Granted          int64            `json:"granted"`
 	PendingTransfers int64            `json:"pending_transfers"`
+	Stored           int64            `json:"stored"` // grants in the SQL store (lags by the pipeline delay)
 	Shards           []int64          `json:"shards"`
 	Attempts         int64            `json:"attempts"`
 	Rejected         map[string]int64 `json:"rejected"`
@@ -236,6 +248,11 @@ func (g *Gateway) campaignView(ctx context.Context, c *campaign.Campaign, withSt
 		s.Error = err.Error()
 	}
 	s.Remaining, s.Granted, s.PendingTransfers, s.Shards = counts.Remaining, counts.Granted, counts.Pending, counts.Shards
+	if n, err := g.store.Count(ctx, c.ID); err == nil {
+		s.Stored = n
+	} else if s.Error == "" {
+		s.Error = err.Error()
+	}
 	byStatus, err := g.readStats(ctx, c.ID)
 	if err != nil && s.Error == "" {
 		s.Error = err.Error()
@@ -248,3 +265,16 @@ func (g *Gateway) campaignView(ctx context.Context, c *campaign.Campaign, withSt
 	}
 	return v
 }
+
+var pprofHandler = fasthttpadaptor.NewFastHTTPHandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	switch strings.TrimPrefix(r.URL.Path, "/debug/pprof/") {
+	case "profile":
+		pprof.Profile(w, r)
+	case "trace":
+		pprof.Trace(w, r)
+	case "symbol":
+		pprof.Symbol(w, r)
+	default:
+		pprof.Index(w, r)
+	}
+})

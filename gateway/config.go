@@ -83,6 +83,8 @@ type AuthConfig struct {
 
 type AdminConfig struct {
 	Tokens map[string]string `koanf:"tokens"` // token -> role (admin | risk | viewer)
+	// Pprof serves /debug/pprof/ on the admin listener (role admin).
+	Pprof bool `koanf:"pprof"`
 }
 
 type StoreConfig struct {
@@ -195,7 +197,7 @@ func init() {
 		"node_id", "public_addr", "admin_addr", "data_dir", "redis.addrs", "redis.timeout", "redis.max_flush_delay", "nats.url", "nats.replicas", "nats.dedup_window", "nats.stream_max_age", "nats.control_plane_stale_max",
 		"relay.backlog_max", "relay.reconcile_interval", "relay.reconcile_grace", "sink.embedded",
 		"auth.mode", "auth.hs256_secret", "auth.ed25519_public_key", "auth.trusted_proxies", "auth.leeway",
-		"admin.tokens", "store.driver", "store.dsn", "claim.timeout", "claim.idempotency_ttl", "ledger.sync_interval_min",
+		"admin.tokens", "admin.pprof", "store.driver", "store.dsn", "claim.timeout", "claim.idempotency_ttl", "ledger.sync_interval_min",
 		"http.read_timeout", "http.write_timeout", "http.idle_timeout", "http.concurrency",
 		"http.max_conns_per_ip", "http.drain_timeout", "log.level",
 	} {

@@ -24,8 +24,8 @@ admin_addr: 127.0.0.1:18081
 data_dir: $work/gw
 redis: {addrs: [127.0.0.1:$port]}
 auth: {hs256_secret: $secret}
-admin: {tokens: {$token: admin}}
 log: {level: warn}
+admin: {tokens: {$token: admin}, pprof: true}
 YAML
 bin/flashgate serve --config "$work/gw.yaml" 2>"$work/gw.log" & pids+=($!)
 bin/flashbench hello --addr 127.0.0.1:18090 & pids+=($!)

@@ -1,18 +1,31 @@
 // Package relay forwards a gateway's ledger outbox to the JetStream stream
-// GRANTS, one message per grant, with Nats-Msg-Id = grant id.
+// GRANTS in batch messages: each message carries up to grantsPerMessageMax
+// consecutive grants of one node's ledger, on subject flashgate.grants.<node>,
+// with Nats-Msg-Id = "<node>:<first seq>:<last seq>".
+//
+// Message (JSON):
+//
+//	{"node":"gw-a","first_seq":1001,"last_seq":1256,"grants":[{grant},…]}
+//
+// Batching is what makes the pipeline cheap: per message JetStream stores,
+// acks, delivers and receives an ack, so one message per grant costs four
+// NATS round trips per grant; 256 grants per message cost 1/256 of that.
 //
 // # Order of events
 //
 //  1. The claim path appends a grant to the ledger and syncs it (I4).
 //  2. The relay reads the outbox after its cursor, up to DurableSeq (so it
-//     never skips a sequence number that commits later), in batches of at
-//     most BatchMax, and publishes them asynchronously (at most InflightMax
-//     un-acked messages).
+//     never skips a sequence number that commits later), at most BatchMax
+//     grants at a time, cuts them into messages and publishes them
+//     asynchronously.
 //  3. Only when every message of the batch is acked by JetStream does the
-//     cursor move past it. A failed or timed-out batch is published again
-//     after a bounded backoff; JetStream drops the repeats by message id
-//     within the stream's duplicate window, and the sink's primary key drops
-//     any repeat older than that (I5).
+//     cursor move past it. A failed or timed-out batch is published again,
+//     with the same ranges and so the same message ids, after a bounded
+//     backoff: JetStream drops the repeats within its duplicate window, and
+//     the sink's primary key drops any repeat older than that (I5).
+//  4. On start the cursor is the larger of the ledger's stored cursor and
+//     the last_seq of the node's last message in the stream, so a cursor
+//     write lost in a crash does not re-publish what JetStream already has.
 //
 // While NATS is away the ledger holds the backlog and claims keep being
 // granted; past BacklogMax un-relayed grants the gateway fails closed (it
@@ -54,8 +67,11 @@ const (
 	// CursorName is the relay's cursor in the ledger.
 	CursorName = "relay"
 
-	batchMaxDefault    = 1000
+	batchMaxDefault    = 1024
 	inflightMaxDefault = 4096
+	// grantsPerMessageMax bounds one message (~256 × 400 B ≈ 100 KiB, well
+	// under JetStream's 1 MiB default max payload).
+	grantsPerMessageMax = 256
 	// ackWaitMax bounds the wait for one batch's acks before it is retried.
 	ackWaitMax = 10 * time.Second
 	// backoffMax bounds the pause between failed batches.
@@ -113,6 +129,9 @@ func New(o Options) (*Relay, error) {
 	if o.Ledger == nil || o.JS == nil {
 		errs = append(errs, errors.New("relay: Ledger and JS are required"))
 	}
+	if o.Node == "" {
+		errs = append(errs, errors.New("relay: Node is required"))
+	}
 	if o.BatchMax < 1 || o.BatchMax > 10000 || o.InflightMax < o.BatchMax {
 		errs = append(errs, fmt.Errorf("relay: BatchMax %d must be 1..10000 and ≤ InflightMax %d", o.BatchMax, o.InflightMax))
 	}
@@ -165,6 +184,16 @@ func (r *Relay) Run(ctx context.Context) {
 				backoff = min(2*backoff, backoffMax)
 				continue
 			}
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			last, err := r.resumeFromStream(rctx)
+			cancel()
+			if err != nil {
+				r.o.Logger.Warn("relay: cannot read the node's last message; keeping the ledger cursor", "err", err)
+			} else if last > r.cursor.Load() && last <= r.o.Ledger.LastSeq() {
+				r.o.Logger.Info("relay: resuming after the stream's last message", "from", r.cursor.Load(), "to", last)
+				r.cursor.Store(last)
+				_ = r.o.Ledger.SetCursor(CursorName, last)
+			}
 			streamReady = true
 		}
 		n, err := r.forwardBatch(ctx)
@@ -192,16 +221,56 @@ func (r *Relay) Run(ctx context.Context) {
 	}
 }
 
-// Message encodes one ledger record as the stream's JSON message.
-func Message(node string, rec *ledger.Record) *nats.Msg {
-	g := store.Grant{GrantID: rec.GrantID, Campaign: rec.Campaign, User: rec.User, Device: rec.Device, ClientIP: rec.ClientIP,
-		IdempotencyKey: rec.IdempotencyKey, Shard: rec.Shard, GrantedAtNanos: rec.GrantedAtNanos, ValidFrom: rec.ValidFrom,
-		ValidUntil: rec.ValidUntil, FaceValue: rec.FaceValue, Node: node, LedgerSeq: rec.Seq}
-	data, _ := json.Marshal(&g) // fixed struct of strings and integers: cannot fail
-	m := nats.NewMsg(SubjectPrefix + rec.Campaign)
+// Batch is the JSON body of one stream message.
+type Batch struct {
+	Node     string        `json:"node"`
+	FirstSeq uint64        `json:"first_seq"`
+	LastSeq  uint64        `json:"last_seq"`
+	Grants   []store.Grant `json:"grants"`
+}
+
+// Subject is the node's subject in the stream.
+func Subject(node string) string { return SubjectPrefix + node }
+
+// Message encodes consecutive ledger records of one node as one message,
+// identified by its range.
+func Message(node string, recs []ledger.Record) *nats.Msg {
+	b := Batch{Node: node, Grants: make([]store.Grant, len(recs))}
+	if len(recs) > 0 {
+		b.FirstSeq, b.LastSeq = recs[0].Seq, recs[len(recs)-1].Seq
+	}
+	for i := range recs {
+		rec := &recs[i]
+		b.Grants[i] = store.Grant{GrantID: rec.GrantID, Campaign: rec.Campaign, User: rec.User, Device: rec.Device, ClientIP: rec.ClientIP,
+			IdempotencyKey: rec.IdempotencyKey, Shard: rec.Shard, GrantedAtNanos: rec.GrantedAtNanos, ValidFrom: rec.ValidFrom,
+			ValidUntil: rec.ValidUntil, FaceValue: rec.FaceValue, Node: node, LedgerSeq: rec.Seq}
+	}
+	data, _ := json.Marshal(&b) // strings and integers only: cannot fail
+	m := nats.NewMsg(Subject(node))
 	m.Data = data
-	m.Header.Set(jetstream.MsgIDHeader, rec.GrantID)
+	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s:%d:%d", node, b.FirstSeq, b.LastSeq))
 	return m
+}
+
+// resumeFromStream returns the last_seq of the node's last message in the
+// stream (0 if none).
+func (r *Relay) resumeFromStream(ctx context.Context) (uint64, error) {
+	s, err := r.o.JS.Stream(ctx, Stream)
+	if err != nil {
+		return 0, err
+	}
+	m, err := s.GetLastMsgForSubject(ctx, Subject(r.o.Node))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	var b Batch
+	if err := json.Unmarshal(m.Data, &b); err != nil {
+		return 0, fmt.Errorf("relay: last message of %s: %w", r.o.Node, err)
+	}
+	return b.LastSeq, nil
 }
 
 func (r *Relay) forwardBatch(ctx context.Context) (int, error) {
@@ -210,17 +279,20 @@ func (r *Relay) forwardBatch(ctx context.Context) (int, error) {
 	if upto <= from {
 		return 0, nil
 	}
-	futures := make([]jetstream.PubAckFuture, 0, upto-from)
-	err := r.o.Ledger.Scan(from, upto, func(rec *ledger.Record) error {
-		f, err := r.o.JS.PublishMsgAsync(Message(r.o.Node, rec))
+	recs := make([]ledger.Record, 0, upto-from)
+	if err := r.o.Ledger.Scan(from, upto, func(rec *ledger.Record) error {
+		recs = append(recs, *rec)
+		return nil
+	}); err != nil {
+		return 0, err
+	}
+	futures := make([]jetstream.PubAckFuture, 0, len(recs)/grantsPerMessageMax+1)
+	for lo := 0; lo < len(recs); lo += grantsPerMessageMax {
+		f, err := r.o.JS.PublishMsgAsync(Message(r.o.Node, recs[lo:min(lo+grantsPerMessageMax, len(recs))]))
 		if err != nil {
-			return err
+			return 0, fmt.Errorf("relay: publish: %w", err)
 		}
 		futures = append(futures, f)
-		return nil
-	})
-	if err != nil {
-		return 0, fmt.Errorf("relay: publish: %w", err)
 	}
 	timeout := time.NewTimer(ackWaitMax)
 	defer timeout.Stop()
@@ -239,14 +311,17 @@ func (r *Relay) forwardBatch(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	r.cursor.Store(upto)
-	r.published.Add(int64(len(futures)))
-	return len(futures), nil
+	r.published.Add(int64(len(recs)))
+	return len(recs), nil
 }
 
-// Republish publishes grants again (reconciliation), synchronously.
+// Republish publishes grants again (reconciliation), synchronously, one per
+// message under a "reconcile:" id so it is not taken for the original batch.
 func Republish(ctx context.Context, js jetstream.JetStream, node string, recs []ledger.Record) error {
 	for i := range recs {
-		if _, err := js.PublishMsg(ctx, Message(node, &recs[i])); err != nil {
+		m := Message(node, recs[i:i+1])
+		m.Header.Set(jetstream.MsgIDHeader, "reconcile:"+recs[i].GrantID)
+		if _, err := js.PublishMsg(ctx, m); err != nil {
 			return fmt.Errorf("relay: republish %s: %w", recs[i].GrantID, err)
 		}
 	}

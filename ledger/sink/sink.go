@@ -1,7 +1,8 @@
 // Package sink moves grants from the JetStream stream GRANTS into the SQL
 // grant store, exactly once in effect (I5): a durable pull consumer fetches a
 // batch (≤ store.BatchMax), the batch is upserted in one transaction keyed by
-// grant id, and only after the commit are its messages acked. A crash before
+// grant id, and only after every grant of a message is committed is the
+// message acked. A crash before
 // the ack redelivers the batch; the primary key makes the repeat a no-op.
 //
 // A message that does not decode to a valid grant is terminated (never
@@ -32,10 +33,15 @@ import (
 const (
 	// Durable is the consumer's name.
 	Durable = "flashgate-sink"
-	// messageLenMax bounds one message (a grant is ~400 bytes of JSON).
-	messageLenMax = 16 << 10
+	// messageLenMax bounds one message: 256 grants of ~400 bytes of JSON
+	// each, with room; JetStream's own max payload is 1 MiB.
+	messageLenMax = 1 << 20
+	// grantsPerMessageMax bounds grants in one message.
+	grantsPerMessageMax = 1024
+	// fetchMessagesMax bounds messages per fetch (each up to 256 grants).
+	fetchMessagesMax = 16
 	// ackPendingMax bounds messages delivered and not yet acked.
-	ackPendingMax = 8 * store.BatchMax
+	ackPendingMax = 8 * fetchMessagesMax
 	// fetchWait bounds how long one fetch waits for a full batch.
 	fetchWait  = 100 * time.Millisecond
 	backoffMax = 2 * time.Second
@@ -73,24 +79,29 @@ func (s *Sink) Stored() int64     { return s.stored.Load() }
 func (s *Sink) Duplicates() int64 { return s.duplicates.Load() }
 func (s *Sink) Poison() int64     { return s.poison.Load() }
 
-// Decode parses one stream message into a grant (untrusted bytes: fuzzed).
-func Decode(data []byte) (store.Grant, error) {
-	var g store.Grant
+// Decode parses one stream message into its grants (untrusted bytes: fuzzed).
+func Decode(data []byte) (relay.Batch, error) {
+	var b relay.Batch
 	if len(data) > messageLenMax {
-		return g, fmt.Errorf("sink: message of %d bytes exceeds %d", len(data), messageLenMax)
+		return b, fmt.Errorf("sink: message of %d bytes exceeds %d", len(data), messageLenMax)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&g); err != nil {
-		return g, fmt.Errorf("sink: decode: %w", err)
+	if err := dec.Decode(&b); err != nil {
+		return b, fmt.Errorf("sink: decode: %w", err)
 	}
 	if dec.More() {
-		return g, errors.New("sink: trailing data after grant")
+		return b, errors.New("sink: trailing data after batch")
 	}
-	if err := g.Validate(); err != nil {
-		return g, fmt.Errorf("sink: invalid grant: %w", err)
+	if len(b.Grants) == 0 || len(b.Grants) > grantsPerMessageMax {
+		return b, fmt.Errorf("sink: batch of %d grants outside 1..%d", len(b.Grants), grantsPerMessageMax)
 	}
-	return g, nil
+	for i := range b.Grants {
+		if err := b.Grants[i].Validate(); err != nil {
+			return b, fmt.Errorf("sink: grant %d: %w", i, err)
+		}
+	}
+	return b, nil
 }
 
 // Run consumes until ctx ends, re-binding the consumer after errors.
@@ -126,14 +137,14 @@ func (s *Sink) consume(ctx context.Context) error {
 		return fmt.Errorf("sink: consumer: %w", err)
 	}
 	for ctx.Err() == nil {
-		batch, err := cons.Fetch(store.BatchMax, jetstream.FetchMaxWait(fetchWait))
+		batch, err := cons.Fetch(fetchMessagesMax, jetstream.FetchMaxWait(fetchWait))
 		if err != nil {
 			return fmt.Errorf("sink: fetch: %w", err)
 		}
 		var msgs []jetstream.Msg
 		var grants []store.Grant
 		for m := range batch.Messages() {
-			g, err := Decode(m.Data())
+			b, err := Decode(m.Data())
 			if err != nil {
 				s.poison.Add(1)
 				s.o.Logger.Error("sink: undecodable grant message terminated", "subject", m.Subject(), "err", err)
@@ -141,7 +152,7 @@ func (s *Sink) consume(ctx context.Context) error {
 				continue
 			}
 			msgs = append(msgs, m)
-			grants = append(grants, g)
+			grants = append(grants, b.Grants...)
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && len(msgs) == 0 {
 			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, jetstream.ErrNoHeartbeat) {
@@ -162,12 +173,16 @@ func (s *Sink) consume(ctx context.Context) error {
 func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, grants []store.Grant) error {
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	n, err := s.o.Store.Upsert(wctx, grants)
-	if err != nil {
-		for _, m := range msgs {
-			_ = m.NakWithDelay(time.Second)
+	n := 0
+	for lo := 0; lo < len(grants); lo += store.BatchMax {
+		k, err := s.o.Store.Upsert(wctx, grants[lo:min(lo+store.BatchMax, len(grants))])
+		if err != nil {
+			for _, m := range msgs {
+				_ = m.NakWithDelay(time.Second)
+			}
+			return fmt.Errorf("sink: store: %w", err)
 		}
-		return fmt.Errorf("sink: store: %w", err)
+		n += k
 	}
 	s.stored.Add(int64(n))
 	s.duplicates.Add(int64(len(grants) - n))

@@ -7,28 +7,47 @@ import (
 	"github.com/flashgate/flashgate/ledger/relay"
 )
 
+func sampleRecords() []ledger.Record {
+	return []ledger.Record{
+		{Seq: 9, GrantID: "01a208b03d44c86638b0c0d1ea4df568", Campaign: "d11", User: "u1", Device: "d", ClientIP: "1.2.3.4", Shard: 2, GrantedAtNanos: 7, ValidUntil: 9, FaceValue: 500},
+		{Seq: 10, GrantID: "01a208b03d44c86638b0c0d1ea4df569", Campaign: "d11", User: "u2", Device: "d", ClientIP: "1.2.3.5", Shard: 1, GrantedAtNanos: 8},
+	}
+}
+
 func FuzzDecode(f *testing.F) {
-	rec := ledger.Record{Seq: 9, GrantID: "01a208b03d44c86638b0c0d1ea4df568", Campaign: "d11", User: "u1", Device: "d", ClientIP: "1.2.3.4", Shard: 2, GrantedAtNanos: 1}
-	f.Add(relay.Message("gw-a", &rec).Data)
-	f.Add([]byte(`{"grant_id":"x","campaign":"c","user":"u"}`))
-	f.Add([]byte(`{"grant_id":"","campaign":"c","user":"u"}`))
-	f.Add([]byte(`{"grant_id":"x"} {}`))
+	f.Add(relay.Message("gw-a", sampleRecords()).Data)
+	f.Add([]byte(`{"node":"n","first_seq":1,"last_seq":1,"grants":[{"grant_id":"x","campaign":"c","user":"u"}]}`))
+	f.Add([]byte(`{"node":"n","grants":[]}`))
+	f.Add([]byte(`{"grants":[{"grant_id":"","campaign":"c","user":"u"}]}`))
+	f.Add([]byte(`{"grants":null} {}`))
 	f.Add([]byte(`[]`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		g, err := Decode(b)
-		if err == nil && g.Validate() != nil {
-			t.Fatalf("accepted invalid grant %+v", g)
+		batch, err := Decode(b)
+		if err != nil {
+			return
+		}
+		if len(batch.Grants) == 0 {
+			t.Fatal("accepted an empty batch")
+		}
+		for _, g := range batch.Grants {
+			if g.Validate() != nil {
+				t.Fatalf("accepted invalid grant %+v", g)
+			}
 		}
 	})
 }
 
 func TestDecodeRoundTripOfRelayMessage(t *testing.T) {
-	rec := ledger.Record{Seq: 9, GrantID: "g1", Campaign: "d11", User: "u1", Device: "d", ClientIP: "1.2.3.4", Shard: 2, GrantedAtNanos: 7, ValidUntil: 9, FaceValue: 500}
-	g, err := Decode(relay.Message("gw-a", &rec).Data)
+	m := relay.Message("gw-a", sampleRecords())
+	b, err := Decode(m.Data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if g.GrantID != "g1" || g.Node != "gw-a" || g.LedgerSeq != 9 || g.FaceValue != 500 || g.Shard != 2 {
+	if b.FirstSeq != 9 || b.LastSeq != 10 || len(b.Grants) != 2 || m.Header.Get("Nats-Msg-Id") != "gw-a:9:10" {
+		t.Fatalf("batch %+v id %s", b, m.Header.Get("Nats-Msg-Id"))
+	}
+	g := b.Grants[0]
+	if g.GrantID != "01a208b03d44c86638b0c0d1ea4df568" || g.Node != "gw-a" || g.LedgerSeq != 9 || g.FaceValue != 500 || g.Shard != 2 {
 		t.Fatalf("decoded %+v", g)
 	}
 }

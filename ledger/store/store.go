@@ -310,6 +310,16 @@ func (s *Store) Counts(ctx context.Context) (map[string]CampaignCount, error) {
 	return out, rows.Err()
 }
 
+// Count returns the number of stored grants of a campaign.
+func (s *Store) Count(ctx context.Context, campaign string) (int64, error) {
+	var n int64
+	err := s.db.QueryRowContext(ctx, s.rebind("SELECT COUNT(*) FROM grants WHERE campaign = ?"), campaign).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("store: count: %w", err)
+	}
+	return n, nil
+}
+
 // IDs calls fn for every stored grant id of campaign, in id order.
 func (s *Store) IDs(ctx context.Context, campaign string, fn func(id string)) error {
 	cursor := ""
