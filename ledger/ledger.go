@@ -259,6 +259,12 @@ func (l *Ledger) appendOnce(r *Record) (uint64, error) {
 	r.Seq = seq
 	keyLen := len(key)
 	buf := r.AppendEncode(key) // key then value in one buffer
+	if invariantsOn {
+		var back Record
+		if err := back.Decode(buf[keyLen:]); err != nil || back != *r {
+			panic(fmt.Sprintf("ledger: record does not survive its own codec: %+v -> %+v (%v)", *r, back, err))
+		}
+	}
 	var okey [9]byte
 	okey[0] = tagOutbox
 	binary.BigEndian.PutUint64(okey[1:], seq)

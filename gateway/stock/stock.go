@@ -408,6 +408,9 @@ type reply struct {
 func (r reply) result(shard int) (Result, error) {
 	switch r.status {
 	case replyGranted:
+		if r.n < 0 { // the script decrements only positive stock: a negative shard is a bug (I1)
+			panic(fmt.Sprintf("stock: shard %d went negative (%d) — oversell", shard, r.n))
+		}
 		return Result{Outcome: Granted, GrantID: r.id, Shard: shard}, nil
 	case replyReplay:
 		return Result{Outcome: Granted, GrantID: r.id, Replay: true, Shard: shard}, nil

@@ -1,0 +1,5 @@
+//go:build !invariants
+
+package ledger
+
+const invariantsOn = false
