@@ -98,7 +98,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	runCtx, cancel := context.WithTimeout(ctx, o.Duration)
 	defer cancel()
 	start := time.Now()
-	go schedule(runCtx, start, o.Rate, queue, &late)
+	go schedule(runCtx, start, Constant(o.Rate).RateAt, queue, &late)
 
 	workers := make([]*worker, o.Connections)
 	var seq atomic.Int64
@@ -133,23 +133,30 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	return r, nil
 }
 
-// schedule emits one intended send time per 1/rate, in small batches so a
-// high rate does not need a timer per request; it closes queue at the end.
-func schedule(ctx context.Context, start time.Time, rate float64, queue chan<- time.Time, late *atomic.Int64) {
+// schedule emits intended send times following rateAt (requests per second
+// at an offset from start), integrated every millisecond, into queue; a full
+// queue counts the send as late (it could not leave on time). It closes queue
+// when ctx ends.
+func schedule(ctx context.Context, start time.Time, rateAt func(time.Duration) float64, queue chan<- time.Time, late *atomic.Int64) {
 	defer close(queue)
-	interval := time.Duration(float64(time.Second) / rate)
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
-	var n int64
+	var due float64 // requests owed so far
+	var sent int64
+	last := time.Duration(0)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
-			due := int64(now.Sub(start) / interval)
-			for ; n < due; n++ {
+			t := now.Sub(start)
+			due += rateAt(t) * (t - last).Seconds()
+			last = t
+			for ; float64(sent) < due; sent++ {
+				// spread the tick's sends over the millisecond they belong to
+				intended := now.Add(-time.Duration((due - float64(sent)) / rateAt(t) * float64(time.Second)))
 				select {
-				case queue <- start.Add(time.Duration(n) * interval):
+				case queue <- intended:
 				default:
 					late.Add(1)
 				}

@@ -2,7 +2,8 @@
 # make bench: the local stack (a private redis-server, the gateway with
 # embedded JetStream) plus a fasthttp hello-world, loaded the same way by
 # flashbench on the same machine; prints claims/s vs hello req/s and the
-# latency at half the peak claim rate.
+# latency at half the peak claim rate. Exit non-zero if the drop's oracle or
+# thresholds fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${BENCH_DURATION:-10s}
@@ -23,13 +24,21 @@ public_addr: 127.0.0.1:18080
 admin_addr: 127.0.0.1:18081
 data_dir: $work/gw
 redis: {addrs: [127.0.0.1:$port]}
-auth: {hs256_secret: $secret}
+auth: {hs256_secret: $secret, trusted_proxies: [127.0.0.1]}
 log: {level: warn}
 admin: {tokens: {$token: admin}, pprof: true}
 YAML
 bin/flashgate serve --config "$work/gw.yaml" 2>"$work/gw.log" & pids+=($!)
 bin/flashbench hello --addr 127.0.0.1:18090 & pids+=($!)
 for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18081/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+export FLASHBENCH_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(go version | cut -d' ' -f3), commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
+echo
+echo "== standard drop scenario (loadtest/standard-drop.yaml)"
+bin/flashbench run --scenario "${BENCH_SCENARIO:-loadtest/standard-drop.yaml}" --url http://127.0.0.1:18080 --admin http://127.0.0.1:18081 \
+  --admin-token "$token" --secret "$secret" --json "${BENCH_DROP_JSON:-flashbench-result.json}" --html "${BENCH_DROP_HTML:-flashbench-report.html}" || status=$?
+echo
+echo "== claims vs fasthttp hello-world"
 bin/flashbench speed --url http://127.0.0.1:18080 --hello http://127.0.0.1:18090 --admin http://127.0.0.1:18081 \
   --admin-token "$token" --secret "$secret" --duration "$DUR" --connections "$CONNS" --json "${BENCH_JSON:-bench-result.json}"
+exit "${status:-0}"

@@ -1,7 +1,7 @@
 // Command flashbench is flashgate's load harness.
 //
 //	flashbench hello --addr 127.0.0.1:8090          serve a fasthttp hello-world (the yardstick)
-//	flashbench run   --url … --rate … …             open-model claim load against a gateway
+//	flashbench run   --scenario FILE --url … …       play a drop scenario; oracle, JSON and HTML report
 //	flashbench speed --url … --hello … …            peak claims/s vs hello req/s, then latency at half the peak
 package main
 
@@ -26,7 +26,8 @@ import (
 const usage = `flashbench — load harness for flashgate
 
   flashbench hello --addr ADDR
-  flashbench run   --url URL --admin URL --admin-token T --secret S [--rate R] [--duration D] [--connections C] [--users N] [--json FILE]
+  flashbench run   --scenario FILE --url URL --admin URL --admin-token T (--secret S | --ed25519-key FILE)
+                   [--json FILE] [--html FILE] [--max-p99 D] [--min-rate R] [--seed N] [--duration D]
   flashbench speed --url URL --hello URL --admin URL --admin-token T --secret S [--duration D] [--connections C] [--users N]
 
 Every command takes --help.
@@ -42,7 +43,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "hello":
 		return hello(args[1:], stderr)
-	case "run", "speed":
+	case "run":
+		return runScenario(args[1:], stdout, stderr)
+	case "speed":
 		return load(args[0], args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
@@ -78,7 +81,6 @@ func load(cmd string, args []string, stdout, stderr io.Writer) int {
 	admin := fs.String("admin", "http://127.0.0.1:8081", "gateway admin URL")
 	adminToken := fs.String("admin-token", "", "admin bearer token (role admin)")
 	secret := fs.String("secret", "", "HS256 secret to mint user tokens")
-	rate := fs.Float64("rate", 10000, "target requests/s (run)")
 	duration := fs.Duration("duration", 10*time.Second, "length of each run")
 	conns := fs.Int("connections", 256, "concurrent connections")
 	users := fs.Int("users", 20000, "user population")
@@ -123,13 +125,6 @@ func load(cmd string, args []string, stdout, stderr io.Writer) int {
 		return s, true
 	}
 	fmt.Fprintf(stdout, "flashbench %s: GOMAXPROCS=%d %s, %d connections, %v per run, %d users\n\n", cmd, runtime.GOMAXPROCS(0), runtime.Version(), *conns, *duration, *users)
-	if cmd == "run" {
-		s, ok := once("claims", *rate, target.Prepare, true)
-		if !ok {
-			return 1
-		}
-		return writeJSON(*jsonOut, s, stderr)
-	}
 	const saturate = 200000 // well above what 2 cores serve: achieved = peak
 	h, ok := once("hello-world at saturation", saturate, bench.HelloTarget(*helloURL, target), false)
 	if !ok {
