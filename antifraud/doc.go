@@ -1,7 +1,12 @@
-// Package antifraud will hold flashgate's pure risk rules: per-IP / device /
-// user limits and their windows, blacklists, alert thresholds and shadow mode
-// (issue 5). It does no I/O and takes a clock; the gateway feeds it requests
-// and applies its verdicts. internal/lint keeps it free of I/O imports.
+// Package antifraud holds flashgate's risk rules as pure code: per-IP /
+// per-/24 / per-device / per-user claim limits with one or more windows,
+// blacklists of IPs, CIDRs, devices and users, alert thresholds with
+// cool-downs, and shadow mode. It does no I/O (internal/lint enforces it)
+// and never reads the clock: every decision takes `now` from the caller.
 //
-// It is empty in this version: the claim path has no risk rules yet.
+// The gateway feeds it requests and applies its verdicts; the counting of
+// limits across gateways happens in Redis (gateway/ratelimit) with these
+// rules' windows. Concurrency: Blacklist and Detector are safe for
+// concurrent use (a read lock per lookup; one mutex per detector); Rules are
+// immutable once validated.
 package antifraud

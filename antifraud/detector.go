@@ -1,0 +1,145 @@
+package antifraud
+
+import (
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Alert kinds (the NATS subject is flashgate.alerts.<kind>).
+const (
+	AlertClaimRateIP     = "claim_rate_ip"
+	AlertClaimRateDevice = "claim_rate_device"
+	AlertClaimRateUser   = "claim_rate_user"
+	AlertRejectionSpike  = "rejection_spike"
+	AlertLowStock        = "low_stock"
+	AlertShadowBlock     = "shadow_block"
+)
+
+// Alert is one raised alert.
+type Alert struct {
+	Kind      string    `json:"kind"`
+	Key       string    `json:"key"`
+	Observed  float64   `json:"observed"`
+	Threshold float64   `json:"threshold"`
+	At        time.Time `json:"at"`
+	Message   string    `json:"message"`
+}
+
+// keysMax bounds the keys a detector tracks; past it the oldest windows are
+// dropped wholesale (a flood of distinct keys is itself visible in metrics).
+const keysMax = 1 << 20
+
+type window struct {
+	start time.Time
+	n     int64
+	bad   int64
+}
+
+// Detector counts events in fixed windows per key and raises an alert when a
+// threshold is crossed, at most once per key per cool-down.
+type Detector struct {
+	mu       sync.Mutex
+	cooldown time.Duration
+	windows  map[string]*window
+	fired    map[string]time.Time
+}
+
+// NewDetector returns a detector with the given cool-down.
+func NewDetector(cooldown time.Duration) *Detector {
+	return &Detector{cooldown: cooldown, windows: map[string]*window{}, fired: map[string]time.Time{}}
+}
+
+func (d *Detector) win(key string, period time.Duration, now time.Time) *window {
+	w := d.windows[key]
+	if w == nil || now.Sub(w.start) >= period {
+		if w == nil && len(d.windows) >= keysMax {
+			d.windows = map[string]*window{}
+		}
+		w = &window{start: now}
+		d.windows[key] = w
+	}
+	return w
+}
+
+// allow applies the cool-down to an alert key.
+func (d *Detector) allow(key string, now time.Time) bool {
+	if last, ok := d.fired[key]; ok && now.Sub(last) < d.cooldown {
+		return false
+	}
+	if len(d.fired) >= keysMax {
+		d.fired = map[string]time.Time{}
+	}
+	d.fired[key] = now
+	return true
+}
+
+// ObserveRate counts one claim for key and returns an alert if the key made
+// more than limit claims in the current window of period.
+func (d *Detector) ObserveRate(kind, key string, limit int64, period time.Duration, now time.Time) (Alert, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	w := d.win(kind+"|"+key, period, now)
+	w.n++
+	if w.n <= limit || !d.allow(kind+"|"+key, now) {
+		return Alert{}, false
+	}
+	return Alert{Kind: kind, Key: key, Observed: float64(w.n), Threshold: float64(limit), At: now,
+		Message: fmt.Sprintf("%s made %d claims in %v (threshold %d)", key, w.n, period, limit)}, true
+}
+
+// ObserveOutcome counts one claim of campaign (rejected or not); when a
+// window of period closes with at least minRequests claims and a rejected
+// share ≥ ratio, it returns a rejection-spike alert.
+func (d *Detector) ObserveOutcome(campaign string, rejected bool, ratio float64, minRequests int64, period time.Duration, now time.Time) (Alert, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	key := AlertRejectionSpike + "|" + campaign
+	w := d.windows[key]
+	var alert Alert
+	fire := false
+	if w != nil && now.Sub(w.start) >= period {
+		if w.n >= minRequests && float64(w.bad) >= ratio*float64(w.n) && d.allow(key, now) {
+			share := float64(w.bad) / float64(w.n)
+			alert, fire = Alert{Kind: AlertRejectionSpike, Key: campaign, Observed: share, Threshold: ratio, At: now,
+				Message: fmt.Sprintf("%s rejected %d of %d claims (%.0f%%) in %v", campaign, w.bad, w.n, 100*share, period)}, true
+		}
+		w = nil
+	}
+	if w == nil {
+		w = &window{start: now}
+		d.windows[key] = w
+	}
+	w.n++
+	if rejected {
+		w.bad++
+	}
+	return alert, fire
+}
+
+// CheckStock returns a low-stock alert when remaining is at or below percent
+// of stock (at most once per campaign per cool-down).
+func (d *Detector) CheckStock(campaign string, remaining, stock int64, percent float64, now time.Time) (Alert, bool) {
+	if percent <= 0 || stock <= 0 || float64(remaining)*100 > percent*float64(stock) {
+		return Alert{}, false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.allow(AlertLowStock+"|"+campaign, now) {
+		return Alert{}, false
+	}
+	left := 100 * float64(remaining) / float64(stock)
+	return Alert{Kind: AlertLowStock, Key: campaign, Observed: left, Threshold: percent, At: now,
+		Message: fmt.Sprintf("%s has %d of %d left (%.1f%%)", campaign, remaining, stock, left)}, true
+}
+
+// Shadow records that a shadow rule would have blocked key, returning an
+// alert at most once per rule and key per cool-down.
+func (d *Detector) Shadow(rule, key string, now time.Time) (Alert, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.allow(AlertShadowBlock+"|"+rule+"|"+key, now) {
+		return Alert{}, false
+	}
+	return Alert{Kind: AlertShadowBlock, Key: rule + ":" + key, At: now, Message: fmt.Sprintf("shadow rule %s would have blocked %s", rule, key)}, true
+}
