@@ -50,6 +50,9 @@ func NewDetector(cooldown time.Duration) *Detector {
 	return &Detector{cooldown: cooldown, windows: map[string]*window{}, fired: map[string]time.Time{}}
 }
 
+// Cooldown is the detector's cool-down.
+func (d *Detector) Cooldown() time.Duration { return d.cooldown }
+
 func (d *Detector) win(key string, period time.Duration, now time.Time) *window {
 	w := d.windows[key]
 	if w == nil || now.Sub(w.start) >= period {

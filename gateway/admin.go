@@ -78,6 +78,8 @@ func (g *Gateway) handleAdmin(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		g.adminCampaignGrants(ctx, parts[1])
+	case parts[0] == "risk" && len(parts) >= 2:
+		g.handleRiskAdmin(ctx, r, strings.TrimPrefix(rest, "risk/"))
 	case parts[0] == "audit" && len(parts) == 1:
 		rctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()

@@ -158,9 +158,25 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 		return status.UnknownCampaign
 	}
 	counts := g.stats.of(c.ID)
-	record := func(s status.Status) status.Status { counts.add(s, 1); return s }
-
 	now := g.now()
+	record := func(s status.Status) status.Status {
+		counts.add(s, 1)
+		g.observeOutcome(c.ID, s, now)
+		return s
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), g.cfg.Claim.Timeout)
+	defer cancel()
+	if st, msg, retryAfter, which := g.checkRisk(rctx, &in, now); st != status.Granted {
+		switch st {
+		case status.RateLimited:
+			writeRateLimited(ctx, msg, retryAfter, which)
+		case status.Unavailable:
+			writeUnavailable(ctx, msg)
+		default:
+			writeError(ctx, st, msg)
+		}
+		return record(st)
+	}
 	switch c.StateAt(now) {
 	case campaign.StateNotStarted:
 		writeError(ctx, status.NotStarted, "campaign starts at "+c.StartsAt.Format(time.RFC3339))
@@ -194,8 +210,6 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 		return record(status.Unavailable)
 	}
 
-	rctx, cancel := context.WithTimeout(context.Background(), g.cfg.Claim.Timeout)
-	defer cancel()
 	attempt, ttl := in.idemKey, g.cfg.Claim.IdempotencyTTL
 	if attempt == "" {
 		// No client key: a per-request id still makes a re-run after an
@@ -319,6 +333,17 @@ func writeError(ctx *fasthttp.RequestCtx, st status.Status, msg string) {
 func writeUnavailable(ctx *fasthttp.RequestCtx, msg string) {
 	ctx.Response.Header.Set("Retry-After", strconv.Itoa(retryAfterSeconds))
 	writeError(ctx, status.Unavailable, msg)
+}
+
+func writeRateLimited(ctx *fasthttp.RequestCtx, msg string, retryAfter int, which string) {
+	ctx.Response.Header.Set("Retry-After", strconv.Itoa(retryAfter))
+	b := appendHead(make([]byte, 0, 128), status.RateLimited)
+	b = append(b, `,"limit":`...)
+	b = appendJSONString(b, which)
+	b = append(b, `,"error":`...)
+	b = appendJSONString(b, msg)
+	b = append(b, '}')
+	writeStatus(ctx, status.RateLimited, b)
 }
 
 func writeAlreadyClaimed(ctx *fasthttp.RequestCtx, ids []string) {

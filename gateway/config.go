@@ -32,6 +32,7 @@ type Config struct {
 	Ledger     LedgerConfig `koanf:"ledger"`
 	Relay      RelayConfig  `koanf:"relay"`
 	Sink       SinkConfig   `koanf:"sink"`
+	Alerts     AlertsConfig `koanf:"alerts"`
 	HTTP       HTTPConfig   `koanf:"http"`
 	Log        LogConfig    `koanf:"log"`
 }
@@ -67,6 +68,11 @@ type RelayConfig struct {
 	// store; ReconcileGrace is how old a grant must be to count as missing.
 	ReconcileInterval time.Duration `koanf:"reconcile_interval"`
 	ReconcileGrace    time.Duration `koanf:"reconcile_grace"`
+}
+
+type AlertsConfig struct {
+	// WebhookURL receives every alert as a JSON POST (empty = NATS only).
+	WebhookURL string `koanf:"webhook_url"`
 }
 
 type SinkConfig struct {
@@ -195,7 +201,7 @@ var envKeys = map[string]string{}
 func init() {
 	for _, key := range []string{
 		"node_id", "public_addr", "admin_addr", "data_dir", "redis.addrs", "redis.timeout", "redis.max_flush_delay", "nats.url", "nats.replicas", "nats.dedup_window", "nats.stream_max_age", "nats.control_plane_stale_max",
-		"relay.backlog_max", "relay.reconcile_interval", "relay.reconcile_grace", "sink.embedded",
+		"relay.backlog_max", "relay.reconcile_interval", "relay.reconcile_grace", "sink.embedded", "alerts.webhook_url",
 		"auth.mode", "auth.hs256_secret", "auth.ed25519_public_key", "auth.trusted_proxies", "auth.leeway",
 		"admin.tokens", "admin.pprof", "store.driver", "store.dsn", "claim.timeout", "claim.idempotency_ttl", "ledger.sync_interval_min",
 		"http.read_timeout", "http.write_timeout", "http.idle_timeout", "http.concurrency",
@@ -285,6 +291,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Relay.ReconcileGrace < time.Second || c.Relay.ReconcileGrace >= c.NATS.DedupWindow {
 		bad("relay.reconcile_grace", "must be at least 1s and below nats.dedup_window")
+	}
+	if u := c.Alerts.WebhookURL; u != "" && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+		bad("alerts.webhook_url", "must be an http(s) URL")
 	}
 	if c.NodeID != "" && !printableToken(c.NodeID, 128) {
 		bad("node_id", "must be 1..128 printable characters")

@@ -84,6 +84,7 @@ type Gateway struct {
 	relay   *relay.Relay
 	sink    *sink.Sink
 	pipe    pipelineState
+	risk    *risk
 	verify  *verifier
 	proxies proxySet
 	roles   map[string]role
@@ -139,6 +140,13 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 		return nil, err
 	}
 	if err := g.openNATS(ctx); err != nil {
+		g.Close()
+		return nil, err
+	}
+	octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
+	err = g.openRisk(octx)
+	ocancel()
+	if err != nil {
 		g.Close()
 		return nil, err
 	}
@@ -241,7 +249,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	loops := []func(context.Context){g.reg.Run, g.connectRedis, g.flushStats, g.sweepTransfers, g.settleUnknown, g.relay.Run, g.reconcile}
+	loops := []func(context.Context){g.reg.Run, g.connectRedis, g.flushStats, g.sweepTransfers, g.settleUnknown, g.relay.Run, g.reconcile,
+		g.watchRisk, g.collectAlerts, g.deliverWebhooks}
 	if g.sink != nil {
 		loops = append(loops, g.sink.Run)
 	}
@@ -251,6 +260,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err := g.reg.WaitReady(rctx)
+	if err == nil {
+		select {
+		case <-g.risk.ready:
+		case <-rctx.Done():
+			err = fmt.Errorf("gateway: risk rules not synced: %w", rctx.Err())
+		}
+	}
 	cancel()
 	if err != nil {
 		stopBG()
@@ -312,6 +328,7 @@ func (g *Gateway) connectRedis(ctx context.Context) {
 		if err == nil {
 			g.redisC.Store(&c)
 			g.stockP.Store(stock.New(c))
+			g.installRules(g.risk.rules.Load().rules) // limiters need the client
 			g.log.Info("redis connected", "addrs", g.cfg.Redis.Addrs)
 			return
 		}
@@ -372,11 +389,14 @@ func (g *Gateway) sweepTransfers(ctx context.Context) {
 			continue
 		}
 		for _, c := range g.reg.List() {
-			if c.Shards < 2 || c.Deleted {
+			if c.Deleted {
 				continue
 			}
 			sctx, cancel := context.WithTimeout(ctx, time.Second)
 			n, err := st.Sweep(sctx, c.ID, c.Shards, g.now())
+			if c.StateAt(g.now()) == campaign.StateActive {
+				g.checkLowStock(sctx, c.ID, c.Stock, c.Shards)
+			}
 			cancel()
 			if n > 0 {
 				g.metrics.transfersSwept.Add(float64(n))

@@ -76,6 +76,11 @@ func (g *Gateway) readiness() (map[string]string, bool) {
 			checks["redis"] = "ok"
 		}
 	}
+	if !g.risk.synced.Load() {
+		checks["risk"] = "degraded: risk rules watch not live; the last rules stay in force"
+	} else {
+		checks["risk"] = "ok"
+	}
 	switch stale := g.reg.StaleFor(time.Now()); {
 	case stale == 0:
 		checks["nats"] = "ok"
@@ -123,6 +128,12 @@ type metrics struct {
 	ledgerSeconds    prometheus.Histogram
 	dependencyErrors *prometheus.CounterVec
 	transfersSwept   prometheus.Counter
+	riskBlocked      *prometheus.CounterVec
+	riskRateLimited  *prometheus.CounterVec
+	riskShadow       *prometheus.CounterVec
+	riskLimitErrors  *prometheus.CounterVec
+	alerts           *prometheus.CounterVec
+	webhookFailures  prometheus.Counter
 	unknownSettled   prometheus.Counter
 	unknownDropped   prometheus.Counter
 	handler          fasthttp.RequestHandler
@@ -145,6 +156,13 @@ func newMetrics() *metrics {
 	m.unknownSettled = prometheus.NewCounter(prometheus.CounterOpts{Name: "flashgate_unknown_outcomes_settled_total", Help: "Claims answered 503 whose script had granted; the grant was recorded afterwards."})
 	m.unknownDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "flashgate_unknown_outcomes_dropped_total", Help: "Claims of unknown outcome not queued for settlement (queue full)."})
 	m.reg.MustRegister(m.unknownSettled, m.unknownDropped)
+	m.riskBlocked = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flashgate_risk_blocked_total", Help: "Claims refused by the blacklist, by entry kind."}, []string{"kind"})
+	m.riskRateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flashgate_risk_rate_limited_total", Help: "Claims refused by a limit, by rule."}, []string{"rule"})
+	m.riskShadow = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flashgate_risk_shadow_would_block_total", Help: "Claims a shadow rule would have refused, by rule."}, []string{"rule"})
+	m.riskLimitErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flashgate_risk_limit_errors_total", Help: "Limit checks that failed (Redis), by rule."}, []string{"rule"})
+	m.alerts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flashgate_alerts_total", Help: "Alerts raised by this gateway, by kind."}, []string{"kind"})
+	m.webhookFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "flashgate_alert_webhook_failures_total", Help: "Alerts the webhook did not take (queue full or failed deliveries)."})
+	m.reg.MustRegister(m.riskBlocked, m.riskRateLimited, m.riskShadow, m.riskLimitErrors, m.alerts, m.webhookFailures)
 	m.reg.MustRegister(claims, m.claimSeconds, m.redisSeconds, m.ledgerSeconds, m.dependencyErrors, m.transfersSwept,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	m.handler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))

@@ -219,6 +219,7 @@ type Answer struct {
 	Status     string   `json:"status"`
 	GrantID    string   `json:"grant_id"`
 	GrantIDs   []string `json:"grant_ids"`
+	Limit      string   `json:"limit"`
 	Error      string   `json:"error"`
 }
 
@@ -252,6 +253,34 @@ func Claim(ctx context.Context, c *http.Client, baseURL string, r ClaimRequest) 
 	if err != nil {
 		return Answer{}, err
 	}
+	var a Answer
+	if err := json.Unmarshal(b, &a); err != nil {
+		return Answer{}, fmt.Errorf("claim answer HTTP %d is not JSON: %q", resp.StatusCode, b)
+	}
+	a.HTTP, a.RetryAfter = resp.StatusCode, resp.Header.Get("Retry-After")
+	return a, nil
+}
+
+// ClaimFrom sends one claim with an X-Forwarded-For header.
+func (s *Stack) ClaimFrom(ctx context.Context, r ClaimRequest, xff string) (Answer, error) {
+	req, err := http.NewRequestWithContext(ctx, "POST", s.PublicURL+"/v1/campaigns/"+r.Campaign+"/claim", bytes.NewReader(r.Body))
+	if err != nil {
+		return Answer{}, err
+	}
+	req.Header.Set("Authorization", "Bearer "+Token(r.User))
+	req.Header.Set("X-Device-ID", r.Device)
+	if r.IdempotencyKey != "" {
+		req.Header.Set("Idempotency-Key", r.IdempotencyKey)
+	}
+	if xff != "" {
+		req.Header.Set("X-Forwarded-For", xff)
+	}
+	resp, err := s.HTTP.Do(req)
+	if err != nil {
+		return Answer{}, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
 	var a Answer
 	if err := json.Unmarshal(b, &a); err != nil {
 		return Answer{}, fmt.Errorf("claim answer HTTP %d is not JSON: %q", resp.StatusCode, b)
