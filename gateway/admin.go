@@ -91,10 +91,12 @@ func (g *Gateway) handleAdmin(ctx *fasthttp.RequestCtx) {
 		adminJSON(ctx, fasthttp.StatusOK, rep)
 	case parts[0] == "campaigns" && len(parts) == 2:
 		if !ctx.IsGet() {
-			adminError(ctx, fasthttp.StatusMethodNotAllowed, "invalid_request", "GET")
+			g.adminCampaignItem(ctx, r, parts[1], "")
 			return
 		}
 		g.adminGetCampaign(ctx, parts[1])
+	case parts[0] == "campaigns" && len(parts) == 3 && (parts[2] == "audience" || parts[2] == "codes"):
+		g.adminCampaignItem(ctx, r, parts[1], parts[2])
 	default:
 		adminError(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint")
 	}
@@ -158,7 +160,7 @@ func (g *Gateway) adminCreateCampaign(ctx *fasthttp.RequestCtx) {
 		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", "redis unavailable")
 		return
 	}
-	if err := st.Init(rctx, c.ID, c.Stock, c.Shards); err != nil {
+	if err := st.Init(rctx, c.ID, c.Units(), c.Shards); err != nil {
 		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
 		return
 	}
@@ -227,6 +229,12 @@ type campaignStats struct {
 	Granted          int64            `json:"granted"`
 	PendingTransfers int64            `json:"pending_transfers"`
 	Stored           int64            `json:"stored"` // grants in the SQL store (lags by the pipeline delay)
+	Units            int64            `json:"units"`  // coupons the shards started with: stock capped by budget
+	BudgetUsed       int64            `json:"budget_used,omitempty"`
+	BudgetRemaining  int64            `json:"budget_remaining,omitempty"`
+	ClaimRatePerS    float64          `json:"claim_rate_per_s"` // attempts per second over the last full minute
+	Trend            []TrendPoint     `json:"trend"`
+	AudienceSize     int64            `json:"audience_size,omitempty"`
 	Shards           []int64          `json:"shards"`
 	Attempts         int64            `json:"attempts"`
 	Rejected         map[string]int64 `json:"rejected"`
@@ -238,7 +246,7 @@ func (g *Gateway) campaignView(ctx context.Context, c *campaign.Campaign, withSt
 	if !withStats {
 		return v
 	}
-	s := &campaignStats{Stock: c.Stock, Rejected: map[string]int64{}}
+	s := &campaignStats{Stock: c.Stock, Units: c.Units(), Rejected: map[string]int64{}}
 	v.Stats = s
 	st := g.stock()
 	if st == nil {
@@ -254,6 +262,16 @@ func (g *Gateway) campaignView(ctx context.Context, c *campaign.Campaign, withSt
 		s.Stored = n
 	} else if s.Error == "" {
 		s.Error = err.Error()
+	}
+	if face := c.Coupon.FaceValue(); c.Budget > 0 {
+		s.BudgetUsed = s.Granted * face
+		s.BudgetRemaining = c.Budget - s.BudgetUsed
+	}
+	if s.Trend, err = g.readTrend(ctx, c.ID); err == nil && len(s.Trend) >= 2 {
+		s.ClaimRatePerS = float64(s.Trend[len(s.Trend)-2].Attempts) / 60
+	}
+	if c.Audience.Mode == "targeted" {
+		s.AudienceSize, _ = st.AudienceSize(ctx, c.ID, c.Shards)
 	}
 	byStatus, err := g.readStats(ctx, c.ID)
 	if err != nil && s.Error == "" {

@@ -181,6 +181,9 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 	case campaign.StateNotStarted:
 		writeError(ctx, status.NotStarted, "campaign starts at "+c.StartsAt.Format(time.RFC3339))
 		return record(status.NotStarted)
+	case campaign.StateDraft:
+		writeError(ctx, status.UnknownCampaign, "no such campaign")
+		return record(status.UnknownCampaign)
 	case campaign.StateEnded, campaign.StateDeleted:
 		writeError(ctx, status.Ended, "campaign has ended")
 		return record(status.Ended)
@@ -210,6 +213,21 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 		return record(status.Unavailable)
 	}
 
+	aud := stock.AudiencePublic
+	switch c.Audience.Mode {
+	case "targeted":
+		aud = stock.AudienceTargeted
+	case "code":
+		aud = stock.AudienceCode
+		if in.code == "" {
+			writeError(ctx, status.NotEligible, "this campaign needs a redemption code: body {\"code\": \"…\"}")
+			return record(status.NotEligible)
+		}
+		if g.codeGuessesOver(rctx, in.user, now) {
+			writeRateLimited(ctx, "too many wrong codes", int(codeGuessWindow.Seconds()), "code")
+			return record(status.RateLimited)
+		}
+	}
 	attempt, ttl := in.idemKey, g.cfg.Claim.IdempotencyTTL
 	if attempt == "" {
 		// No client key: a per-request id still makes a re-run after an
@@ -219,7 +237,7 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 	t0 := time.Now()
 	res, err := store.Claim(rctx, &stock.Claim{
 		Campaign: c.ID, Shards: c.Shards, PerUserLimit: c.PerUserLimit, User: in.user,
-		AttemptKey: attempt, AttemptTTL: ttl, GrantID: stock.NewGrantID(now),
+		AttemptKey: attempt, AttemptTTL: ttl, GrantID: stock.NewGrantID(now), Audience: aud, Code: in.code,
 	})
 	g.metrics.redisSeconds.Observe(time.Since(t0).Seconds())
 	if err != nil {
@@ -239,6 +257,12 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 	case stock.AlreadyClaimed:
 		writeAlreadyClaimed(ctx, res.GrantIDs)
 		return record(status.AlreadyClaimed)
+	case stock.NotEligible:
+		if aud == stock.AudienceCode {
+			g.countCodeGuess(rctx, in.user)
+		}
+		writeError(ctx, status.NotEligible, res.Reason)
+		return record(status.NotEligible)
 	}
 	if flag.Load() != 0 {
 		flag.Store(0) // stock came back (PATCH): clear the local flag

@@ -150,6 +150,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 		g.Close()
 		return nil, err
 	}
+	g.reg.OnChange = func(id string) { g.soldOutFlag(id).Store(0) } // stock may have been added: re-probe at once
 	if err := g.openPipeline(ctx); err != nil {
 		g.Close()
 		return nil, err

@@ -40,13 +40,34 @@ func ValidID(s string) bool { return idPattern.MatchString(s) }
 
 // Coupon is what a grant entitles the user to. Exactly the fields of its type are set.
 type Coupon struct {
-	Type    string `json:"type"` // threshold | percent | voucher | product | free_shipping
-	Tiers   []Tier `json:"tiers,omitempty"`
-	Percent int64  `json:"percent,omitempty"`
-	MaxOff  int64  `json:"max_off,omitempty"`
-	Amount  int64  `json:"amount,omitempty"`
-	SKU     string `json:"sku,omitempty"`
+	Type    string  `json:"type"` // threshold | percent | voucher | product | free_shipping
+	Tiers   []Tier  `json:"tiers,omitempty"`
+	Percent int64   `json:"percent,omitempty"`
+	MaxOff  int64   `json:"max_off,omitempty"`
+	Amount  int64   `json:"amount,omitempty"`
+	SKU     string  `json:"sku,omitempty"`
+	Issuer  *Issuer `json:"issuer,omitempty"` // who pays for the discount (default platform)
+	Scope   *Scope  `json:"scope,omitempty"`  // what it applies to at checkout (default everything)
 }
+
+// Issuer of a coupon: the platform, or one store.
+type Issuer struct {
+	Type    string `json:"type"` // platform | store
+	StoreID string `json:"store_id,omitempty"`
+}
+
+// Scope limits a coupon at checkout to products, categories or brands.
+type Scope struct {
+	Products   []string `json:"products,omitempty"`
+	Categories []string `json:"categories,omitempty"`
+	Brands     []string `json:"brands,omitempty"`
+}
+
+// ChangesKeptMax bounds the change ids remembered per campaign.
+const ChangesKeptMax = 64
+
+// ScopeEntriesMax bounds each scope list.
+const ScopeEntriesMax = 1000
 
 // Tier of a threshold coupon: spend at least Min, get Off off.
 type Tier struct {
@@ -91,9 +112,10 @@ func (v *Validity) Window(grantedAt time.Time) (from, until time.Time) {
 	return grantedAt, time.Time{}
 }
 
-// Audience says who may claim.
+// Audience says who may claim: everyone (public), users added to the
+// campaign's list (targeted), or holders of a redemption code (code).
 type Audience struct {
-	Mode string `json:"mode"` // public (targeted and code: issue 6)
+	Mode string `json:"mode"` // public | targeted | code
 }
 
 // Campaign is one drop.
@@ -108,10 +130,14 @@ type Campaign struct {
 	EndsAt       time.Time `json:"ends_at"`
 	Validity     Validity  `json:"validity"`
 	Audience     Audience  `json:"audience"`
-	Budget       int64     `json:"budget,omitempty"`
+	Budget       int64     `json:"budget,omitempty"` // cap on total face value granted (cents); 0 = none
+	Draft        bool      `json:"draft,omitempty"`  // created but not published: not claimable
 	Paused       bool      `json:"paused,omitempty"`
 	Deleted      bool      `json:"deleted,omitempty"`
 	CreatedAt    time.Time `json:"created_at"`
+	// Changes lists the change ids of applied PATCHes (the last
+	// ChangesKeptMax), so a retried add_stock adds once.
+	Changes []string `json:"changes,omitempty"`
 
 	// CouponJSON is Coupon encoded once when the definition is loaded, for
 	// the claim answer (the hot path does not marshal it per grant).
@@ -122,6 +148,7 @@ type Campaign struct {
 type State string
 
 const (
+	StateDraft      State = "draft"
 	StateNotStarted State = "not_started"
 	StateActive     State = "active"
 	StatePaused     State = "paused"
@@ -134,6 +161,8 @@ func (c *Campaign) StateAt(now time.Time) State {
 	switch {
 	case c.Deleted:
 		return StateDeleted
+	case c.Draft:
+		return StateDraft
 	case !now.Before(c.EndsAt):
 		return StateEnded
 	case c.Paused:
@@ -151,6 +180,9 @@ func (c *Campaign) EnsureDefaults() {
 	}
 	if c.Shards == 0 {
 		c.Shards = defaultShards(c.Stock)
+		if c.Audience.Mode == "code" {
+			c.Shards = 1
+		}
 	}
 	if c.Validity.Mode == "" {
 		c.Validity.Mode = "permanent"
@@ -225,16 +257,24 @@ func (c *Campaign) Validate() error {
 		bad("validity.mode", "must be fixed, days_after_claim or permanent")
 	}
 	switch c.Audience.Mode {
-	case "public":
-	case "targeted", "code":
-		bad("audience.mode", "%q is not supported by this version (public only)", c.Audience.Mode)
+	case "public", "targeted":
+	case "code":
+		// A code, the user's grants and the stock must share one Redis slot
+		// for "a code grants once" to be one atomic script.
+		if c.Shards != 1 {
+			bad("shards", "a code campaign has exactly 1 shard")
+		}
 	default:
 		bad("audience.mode", "must be public, targeted or code")
 	}
 	if c.Budget < 0 {
 		bad("budget", "must not be negative")
 	} else if c.Budget > 0 {
-		bad("budget", "budget caps are not supported by this version")
+		if c.Coupon.FaceValue() == 0 {
+			bad("budget", "a budget needs a monetary coupon (threshold, percent or voucher)")
+		} else if c.Budget < c.Coupon.FaceValue() {
+			bad("budget", "budget %d is below one coupon's face value %d", c.Budget, c.Coupon.FaceValue())
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -278,6 +318,108 @@ func (cp *Coupon) validate(bad func(field, format string, args ...any)) {
 	default:
 		bad("coupon.type", "must be threshold, percent, voucher, product or free_shipping")
 	}
+	if is := cp.Issuer; is != nil {
+		switch is.Type {
+		case "platform":
+			if is.StoreID != "" {
+				bad("coupon.issuer.store_id", "only for issuer type store")
+			}
+		case "store":
+			if strings.TrimSpace(is.StoreID) == "" || len(is.StoreID) > 64 {
+				bad("coupon.issuer.store_id", "is required for issuer type store (1..64 characters)")
+			}
+		default:
+			bad("coupon.issuer.type", "must be platform or store")
+		}
+	}
+	if sc := cp.Scope; sc != nil {
+		for name, list := range map[string][]string{"products": sc.Products, "categories": sc.Categories, "brands": sc.Brands} {
+			if len(list) > ScopeEntriesMax {
+				bad("coupon.scope."+name, "at most %d entries", ScopeEntriesMax)
+			}
+			for _, v := range list {
+				if strings.TrimSpace(v) == "" || len(v) > 128 {
+					bad("coupon.scope."+name, "entries must be 1..128 characters")
+					break
+				}
+			}
+		}
+	}
+}
+
+// Units is how many coupons the shards hold: the stock, capped by the budget
+// (each grant commits the coupon's face value, its most it can take off an
+// order, so the budget can never be overspent, not by a cent).
+func (c *Campaign) Units() int64 {
+	face := c.Coupon.FaceValue()
+	if c.Budget <= 0 || face <= 0 {
+		return c.Stock
+	}
+	return min(c.Stock, c.Budget/face)
+}
+
+// Patch is an operator's change to a live campaign. It never touches a grant
+// already made: stock only grows, and windows and states apply to future claims.
+type Patch struct {
+	AddStock int64      `json:"add_stock,omitempty"`
+	Budget   *int64     `json:"budget,omitempty"`
+	Paused   *bool      `json:"paused,omitempty"`
+	Draft    *bool      `json:"draft,omitempty"` // false publishes a draft
+	EndsAt   *time.Time `json:"ends_at,omitempty"`
+	// ChangeID makes an add_stock retry-safe: the same id adds once.
+	ChangeID string `json:"change_id,omitempty"`
+}
+
+// Apply returns the patched copy, validated; the added units for the shards
+// are new.Units() - old.Units().
+func (c *Campaign) Apply(p *Patch) (Campaign, error) {
+	n := *c
+	n.CouponJSON = nil
+	n.Changes = append([]string(nil), c.Changes...)
+	var errs []error
+	if p.ChangeID != "" {
+		for _, id := range c.Changes {
+			if id == p.ChangeID { // a retry of an applied change: nothing more to add
+				p.AddStock = 0
+			}
+		}
+		n.Changes = append(n.Changes, p.ChangeID)
+		if len(n.Changes) > ChangesKeptMax {
+			n.Changes = n.Changes[len(n.Changes)-ChangesKeptMax:]
+		}
+	}
+	if p.AddStock < 0 || p.AddStock > StockMax {
+		errs = append(errs, &FieldError{Field: "add_stock", Msg: "must be 0..2^40 (stock only grows; unclaimed units are never taken back)"})
+	}
+	n.Stock += p.AddStock
+	if p.Budget != nil {
+		if *p.Budget < c.Budget {
+			errs = append(errs, &FieldError{Field: "budget", Msg: "may only grow"})
+		}
+		n.Budget = *p.Budget
+	}
+	if p.Paused != nil {
+		n.Paused = *p.Paused
+	}
+	if p.Draft != nil {
+		if *p.Draft && !c.Draft {
+			errs = append(errs, &FieldError{Field: "draft", Msg: "a published campaign cannot go back to draft; pause it"})
+		}
+		n.Draft = *p.Draft
+	}
+	if p.EndsAt != nil {
+		n.EndsAt = *p.EndsAt
+	}
+	if c.Deleted {
+		errs = append(errs, &FieldError{Field: "id", Msg: "campaign is deleted"})
+	}
+	if len(p.ChangeID) > 64 {
+		errs = append(errs, &FieldError{Field: "change_id", Msg: "at most 64 characters"})
+	}
+	if err := n.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return n, errors.Join(errs...)
 }
 
 // FieldError is a validation error naming its field.

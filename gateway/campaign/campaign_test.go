@@ -37,7 +37,13 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"per user limit too high", func(c *Campaign) { c.PerUserLimit = PerUserLimitMax + 1 }, []string{"per_user_limit"}},
 		{"fixed validity backwards", func(c *Campaign) { c.Validity = Validity{Mode: "fixed", From: &from, Until: &before} }, []string{"validity.until"}},
 		{"days_after_claim 0", func(c *Campaign) { c.Validity = Validity{Mode: "days_after_claim"} }, []string{"validity.days"}},
-		{"targeted not built", func(c *Campaign) { c.Audience.Mode = "targeted" }, []string{"audience.mode"}},
+		{"unknown audience", func(c *Campaign) { c.Audience.Mode = "vip" }, []string{"audience.mode"}},
+		{"code campaign with many shards", func(c *Campaign) { c.Audience.Mode = "code"; c.Shards = 4 }, []string{"shards"}},
+		{"budget on a product coupon", func(c *Campaign) { c.Coupon = Coupon{Type: "product", SKU: "x"}; c.Budget = 1000 }, []string{"budget"}},
+		{"budget below one coupon", func(c *Campaign) { c.Budget = 499 }, []string{"budget"}},
+		{"store issuer without id", func(c *Campaign) { c.Coupon.Issuer = &Issuer{Type: "store"} }, []string{"coupon.issuer.store_id"}},
+		{"unknown issuer", func(c *Campaign) { c.Coupon.Issuer = &Issuer{Type: "bank"} }, []string{"coupon.issuer.type"}},
+		{"empty scope entry", func(c *Campaign) { c.Coupon.Scope = &Scope{Brands: []string{""}} }, []string{"coupon.scope.brands"}},
 		{"several at once", func(c *Campaign) { c.Name = ""; c.Stock = -1; c.Shards = 1; c.Coupon.Tiers[0].Min = 0 }, []string{"name", "stock", "coupon.tiers[0].min"}},
 	}
 	base := valid()
@@ -84,5 +90,30 @@ func TestStateAndValidityWindow(t *testing.T) {
 	}
 	if (&Coupon{Type: "percent", Percent: 20, MaxOff: 5000}).FaceValue() != 5000 {
 		t.Error("percent face value is its cap")
+	}
+}
+
+func TestUnitsAndPatch(t *testing.T) {
+	c := valid() // $5 off $30: face value 500
+	c.Stock, c.Budget = 1000, 100_000
+	if c.Units() != 200 {
+		t.Fatalf("budget 100000 / face 500 caps units at 200, got %d", c.Units())
+	}
+	n, err := c.Apply(&Patch{AddStock: 50})
+	if err != nil || n.Stock != 1050 || n.Units() != 200 {
+		t.Fatalf("add stock under a binding budget: %+v %v", n.Units(), err)
+	}
+	b := int64(200_000)
+	if n, err = c.Apply(&Patch{Budget: &b}); err != nil || n.Units() != 400 {
+		t.Fatalf("raise budget: %d %v", n.Units(), err)
+	}
+	lower := int64(1000)
+	draft := true
+	if _, err := c.Apply(&Patch{AddStock: -1, Budget: &lower, Draft: &draft}); err == nil || len(Fields(err)) < 3 {
+		t.Fatalf("bad patch: %v", err)
+	}
+	early := c.StartsAt.Add(-time.Hour)
+	if _, err := c.Apply(&Patch{EndsAt: &early}); err == nil || !slices.Contains(Fields(err), "ends_at") {
+		t.Fatalf("ends before starts: %v", err)
 	}
 }

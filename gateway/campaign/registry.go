@@ -28,6 +28,10 @@ var ErrNotFound = errors.New("campaign: not found")
 // Registry is a gateway's live view of the campaign bucket. One goroutine
 // (Run) applies watch updates; readers load an immutable map snapshot.
 type Registry struct {
+	// OnChange, when set before Run, is called from the watch goroutine
+	// after a campaign's definition changes.
+	OnChange func(id string)
+
 	kv     jetstream.KeyValue
 	log    *slog.Logger
 	snap   atomic.Pointer[map[string]*Campaign]
@@ -113,6 +117,9 @@ func (r *Registry) watch(ctx context.Context) error {
 			}
 			r.apply(cp, e)
 			r.publish(cp)
+			if r.OnChange != nil {
+				r.OnChange(e.Key())
+			}
 		}
 	}
 }
@@ -204,4 +211,38 @@ func (r *Registry) Lookup(ctx context.Context, id string) (*Campaign, error) {
 		return nil, fmt.Errorf("campaign: decode %s: %w", id, err)
 	}
 	return &c, nil
+}
+
+// Revision returns a definition and its KV revision (for Update).
+func (r *Registry) Revision(ctx context.Context, id string) (*Campaign, uint64, error) {
+	e, err := r.kv.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, ErrNotFound
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("campaign: get: %w", err)
+	}
+	var c Campaign
+	if err := json.Unmarshal(e.Value(), &c); err != nil {
+		return nil, 0, fmt.Errorf("campaign: decode %s: %w", id, err)
+	}
+	return &c, e.Revision(), nil
+}
+
+// ErrConflict is returned by Update when the definition changed meanwhile.
+var ErrConflict = errors.New("campaign: changed concurrently; retry")
+
+// Update writes c if the stored revision is still rev.
+func (r *Registry) Update(ctx context.Context, c *Campaign, rev uint64) error {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	if _, err := r.kv.Update(ctx, c.ID, b, rev); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return ErrConflict
+		}
+		return fmt.Errorf("campaign: update: %w", err)
+	}
+	return nil
 }

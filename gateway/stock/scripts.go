@@ -14,13 +14,20 @@ const (
 	replyTaken       = 6 // {6, amount}: transfer recorded on the donor
 	replyInitialized = 7 // {7, created 0|1}
 	replyCredited    = 8 // {8}: transfer credited (or already credited)
+	replyNotEligible = 9 // {9, reason}: not in the targeted audience, or a wrong / used code
 )
 
-// claimBody is the claim logic, shared by claimScript. KEYS:
+// claimScript is the claim logic. KEYS:
 //
 //	1 stock   2 granted   3 user's grant set   4 attempt record   5 incoming-transfer marker
+//	6 eligibility: the shard's audience set (targeted) or the codes hash (code)
 //
 // ARGV: 1 grant id   2 per-user limit   3 attempt TTL seconds   4 transfer amount (0 = none)
+//
+//	5 audience mode: "" public | "t" targeted | "c" code   6 the user (t) or the code (c)
+//
+// Order: credit a transfer → replay of this attempt → eligibility → per-user
+// limit → stock; a code is marked used by the grant in the same step.
 //
 // With ARGV[4] > 0 the script first credits a transfer taken from a donor
 // shard, once per marker key (KEYS[5], SET NX): a re-run after a lost reply
@@ -36,6 +43,14 @@ if amount > 0 then
 end
 local prior = redis.call('GET', KEYS[4])
 if prior then return {5, prior} end
+local mode = ARGV[5]
+if mode == 't' then
+  if redis.call('SISMEMBER', KEYS[6], ARGV[6]) == 0 then return {9, 'not in the audience'} end
+elseif mode == 'c' then
+  local st = redis.call('HGET', KEYS[6], ARGV[6])
+  if not st then return {9, 'unknown code'} end
+  if st ~= '' then return {9, 'code already used'} end
+end
 if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[2]) then
   return {2, redis.call('SMEMBERS', KEYS[3])}
 end
@@ -45,6 +60,7 @@ redis.call('DECR', KEYS[1])
 redis.call('INCR', KEYS[2])
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[3])
+if mode == 'c' then redis.call('HSET', KEYS[6], ARGV[6], ARGV[1]) end
 return {1, ARGV[1], stock - 1}
 `)
 

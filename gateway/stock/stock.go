@@ -13,6 +13,8 @@
 //	fg:{c.s}:a:<user>:<attempt> grant id of one claim attempt (TTL; the idempotency record)
 //	fg:{c.s}:xfer               HASH transfer id -> "<recipient>:<units>:<unix ms>" (pending, on the donor)
 //	fg:{c.s}:xin:<transfer id>  marker "credited" on the recipient (TTL 7 days)
+//	fg:{c.s}:aud                SET of targeted users whose home shard is s
+//	fg:{c.0}:codes              HASH code -> "" (unused) | grant id (code campaigns have one shard)
 //
 // # Claims and the per-user limit (I1, I2)
 //
@@ -100,6 +102,14 @@ const (
 	Granted Outcome = iota + 1
 	AlreadyClaimed
 	SoldOut
+	NotEligible
+)
+
+// Audience modes of a claim.
+const (
+	AudiencePublic   = ""
+	AudienceTargeted = "t"
+	AudienceCode     = "c"
 )
 
 // Claim describes one claim attempt.
@@ -114,6 +124,10 @@ type Claim struct {
 	AttemptTTL time.Duration
 	// GrantID is used if this attempt grants; minted by the caller.
 	GrantID string
+	// Audience is AudiencePublic, AudienceTargeted or AudienceCode; Code is
+	// the redemption code for AudienceCode.
+	Audience string
+	Code     string
 }
 
 // Result of a claim.
@@ -123,6 +137,7 @@ type Result struct {
 	Replay   bool     // Granted: the attempt had granted before; GrantID is that grant
 	Shard    int      // shard the grant was recorded on (the user's home)
 	GrantIDs []string // AlreadyClaimed: the user's grants
+	Reason   string   // NotEligible: why
 }
 
 // Store runs the scripts against one Redis deployment (single node or cluster).
@@ -206,8 +221,7 @@ func (s *Store) Add(ctx context.Context, campaign string, shards int, units int6
 func (s *Store) Claim(ctx context.Context, c *Claim) (Result, error) {
 	home := HomeShard(c.User, c.Shards)
 	keys := claimKeys(c, home, "")
-	args := []string{c.GrantID, strconv.Itoa(c.PerUserLimit), ttlArg(c.AttemptTTL), "0"}
-	r, err := s.run(ctx, claimScript, keys, args)
+	r, err := s.run(ctx, claimScript, keys, claimArgs(c, 0))
 	if err != nil {
 		return Result{}, err
 	}
@@ -219,8 +233,26 @@ func (s *Store) Claim(ctx context.Context, c *Claim) (Result, error) {
 
 func claimKeys(c *Claim, home int, xferID string) []string {
 	t := tag(c.Campaign, home)
-	return []string{t + "stock", t + "granted", t + "u:" + c.User, t + "a:" + c.User + ":" + c.AttemptKey, t + "xin:" + xferID}
+	elig := t + "aud"
+	if c.Audience == AudienceCode {
+		elig = t + "codes"
+	}
+	return []string{t + "stock", t + "granted", t + "u:" + c.User, t + "a:" + c.User + ":" + c.AttemptKey, t + "xin:" + xferID, elig}
 }
+
+func claimArgs(c *Claim, amount int64) []string {
+	subject := c.User
+	if c.Audience == AudienceCode {
+		subject = c.Code
+	}
+	return []string{c.GrantID, strconv.Itoa(c.PerUserLimit), ttlArg(c.AttemptTTL), strconv.FormatInt(amount, 10), c.Audience, subject}
+}
+
+// AudienceKey is the targeted-audience set of a shard.
+func AudienceKey(campaign string, shard int) string { return tag(campaign, shard) + "aud" }
+
+// CodesKey is the redemption-code hash of a code campaign.
+func CodesKey(campaign string) string { return tag(campaign, 0) + "codes" }
 
 func ttlArg(d time.Duration) string {
 	sec := int64(d / time.Second)
@@ -247,7 +279,7 @@ func (s *Store) steal(ctx context.Context, c *Claim, home int) (Result, error) {
 			if sv.stock[home] > 0 {
 				// Stock arrived home (a PATCH, or a swept transfer): claim it directly.
 				keys := claimKeys(c, home, "")
-				r, err := s.run(ctx, claimScript, keys, []string{c.GrantID, strconv.Itoa(c.PerUserLimit), ttlArg(c.AttemptTTL), "0"})
+				r, err := s.run(ctx, claimScript, keys, claimArgs(c, 0))
 				if err != nil {
 					return Result{}, err
 				}
@@ -275,7 +307,7 @@ func (s *Store) steal(ctx context.Context, c *Claim, home int) (Result, error) {
 			continue // someone else emptied the donor first
 		}
 		keys := claimKeys(c, home, xferID)
-		r, err := s.run(ctx, claimScript, keys, []string{c.GrantID, strconv.Itoa(c.PerUserLimit), ttlArg(c.AttemptTTL), strconv.FormatInt(took.n, 10)})
+		r, err := s.run(ctx, claimScript, keys, claimArgs(c, took.n))
 		if err != nil {
 			return Result{}, err // transfer stays pending; Sweep lands it
 		}
@@ -418,6 +450,8 @@ func (r reply) result(shard int) (Result, error) {
 		return Result{Outcome: AlreadyClaimed, GrantIDs: r.ids, Shard: shard}, nil
 	case replyEmpty:
 		return Result{Outcome: SoldOut, Shard: shard}, nil
+	case replyNotEligible:
+		return Result{Outcome: NotEligible, Reason: r.id, Shard: shard}, nil
 	case replyNotInit:
 		return Result{}, ErrNotInitialized
 	}
@@ -458,7 +492,7 @@ func parseReply(res rueidis.RedisResult) (reply, error) {
 	if r.status, err = arr[0].AsInt64(); err != nil {
 		return r, fmt.Errorf("stock: malformed script status: %w", err)
 	}
-	need := map[int64]int{replyGranted: 3, replyReplay: 2, replyAlready: 2, replyEmpty: 2, replyTaken: 2, replyInitialized: 2, replyNotInit: 1, replyCredited: 1}[r.status]
+	need := map[int64]int{replyGranted: 3, replyReplay: 2, replyAlready: 2, replyEmpty: 2, replyTaken: 2, replyInitialized: 2, replyNotInit: 1, replyCredited: 1, replyNotEligible: 2}[r.status]
 	if need == 0 || len(arr) < need {
 		return r, fmt.Errorf("stock: script reply status %d with %d elements", r.status, len(arr))
 	}
@@ -468,7 +502,7 @@ func parseReply(res rueidis.RedisResult) (reply, error) {
 		if err == nil {
 			r.n, err = arr[2].AsInt64()
 		}
-	case replyReplay:
+	case replyReplay, replyNotEligible:
 		r.id, err = arr[1].ToString()
 	case replyAlready:
 		r.ids, err = arr[1].AsStrSlice()
@@ -513,4 +547,87 @@ func (s *Store) AttemptGrant(ctx context.Context, campaign string, shards int, u
 		return "", false, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	return v, true, nil
+}
+
+// AddAudience adds users to a targeted campaign, each to its home shard's set
+// (pipelined). It returns how many were new.
+func (s *Store) AddAudience(ctx context.Context, campaign string, shards int, users []string) (int64, error) {
+	byShard := map[int][]string{}
+	for _, u := range users {
+		h := HomeShard(u, shards)
+		byShard[h] = append(byShard[h], u)
+	}
+	cmds := make(rueidis.Commands, 0, len(byShard))
+	for sh, us := range byShard {
+		cmds = append(cmds, s.c.B().Sadd().Key(AudienceKey(campaign, sh)).Member(us...).Build())
+	}
+	var added int64
+	for _, r := range s.c.DoMulti(ctx, cmds...) {
+		n, err := r.AsInt64()
+		if err != nil {
+			return added, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		added += n
+	}
+	return added, nil
+}
+
+// AudienceSize counts a targeted campaign's users.
+func (s *Store) AudienceSize(ctx context.Context, campaign string, shards int) (int64, error) {
+	cmds := make(rueidis.Commands, 0, shards)
+	for i := 0; i < shards; i++ {
+		cmds = append(cmds, s.c.B().Scard().Key(AudienceKey(campaign, i)).Build())
+	}
+	var n int64
+	for _, r := range s.c.DoMulti(ctx, cmds...) {
+		v, err := r.AsInt64()
+		if err != nil {
+			return n, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		n += v
+	}
+	return n, nil
+}
+
+// AddCodes stores new unused redemption codes (HSETNX, pipelined in chunks);
+// it returns how many were new (a collision, vanishingly rare at 80 bits, is skipped).
+func (s *Store) AddCodes(ctx context.Context, campaign string, codes []string) (int64, error) {
+	const chunk = 1000
+	var added int64
+	for lo := 0; lo < len(codes); lo += chunk * 16 {
+		var cmds rueidis.Commands
+		for i := lo; i < min(lo+chunk*16, len(codes)); i++ {
+			cmds = append(cmds, s.c.B().Hsetnx().Key(CodesKey(campaign)).Field(codes[i]).Value("").Build())
+		}
+		for _, r := range s.c.DoMulti(ctx, cmds...) {
+			ok, err := r.AsBool()
+			if err != nil {
+				return added, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			}
+			if ok {
+				added++
+			}
+		}
+	}
+	return added, nil
+}
+
+// ScanCodes calls fn for every code of a campaign with its grant id ("" = unused).
+func (s *Store) ScanCodes(ctx context.Context, campaign string, fn func(code, grantID string) error) error {
+	var cursor uint64
+	for {
+		e, err := s.c.Do(ctx, s.c.B().Hscan().Key(CodesKey(campaign)).Cursor(cursor).Count(1000).Build()).AsScanEntry()
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		for i := 0; i+1 < len(e.Elements); i += 2 {
+			if err := fn(e.Elements[i], e.Elements[i+1]); err != nil {
+				return err
+			}
+		}
+		if e.Cursor == 0 {
+			return nil
+		}
+		cursor = e.Cursor
+	}
 }

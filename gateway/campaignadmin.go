@@ -1,0 +1,316 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/ulule/limiter/v3"
+	"github.com/valyala/fasthttp"
+
+	"github.com/flashgate/flashgate/gateway/campaign"
+	"github.com/flashgate/flashgate/gateway/ratelimit"
+	"github.com/flashgate/flashgate/gateway/stock"
+)
+
+const (
+	// codesPerRequestMax bounds one generation request.
+	codesPerRequestMax = 1_000_000
+	// codeRandomBytes: 10 random bytes = 80 bits per code (≥ 60 asked).
+	codeRandomBytes = 10
+	// audiencePerRequestMax bounds users added by one request.
+	audiencePerRequestMax = 100_000
+	// codeGuessesMax wrong codes per user per codeGuessWindow, then 429.
+	codeGuessesMax  = 10
+	codeGuessWindow = 10 * time.Minute
+	// patchAttemptsMax bounds optimistic-concurrency retries of a PATCH.
+	patchAttemptsMax = 5
+)
+
+var codePrefixPattern = regexp.MustCompile(`^[A-Z0-9]{0,16}$`)
+
+// codeAlphabet is Crockford's base32 (no I, L, O, U): easy to read aloud.
+var codeAlphabet = base32.NewEncoding("0123456789ABCDEFGHJKMNPQRSTVWXYZ").WithPadding(base32.NoPadding)
+
+// newCode returns prefix-XXXXXXXXXXXXXXXX with 80 random bits.
+func newCode(prefix string) string {
+	var b [codeRandomBytes]byte
+	_, _ = rand.Read(b[:])
+	c := codeAlphabet.EncodeToString(b[:])
+	if prefix == "" {
+		return c
+	}
+	return prefix + "-" + c
+}
+
+func (g *Gateway) codeLimiter() *limiter.Limiter {
+	rc := g.redisC.Load()
+	if rc == nil {
+		return nil
+	}
+	return limiter.New(ratelimit.New(*rc, "fg:codeguess"), limiter.Rate{Period: codeGuessWindow, Limit: codeGuessesMax})
+}
+
+// codeGuessesOver reports whether a user has used up their wrong-code
+// attempts (Redis errors do not block: the code itself is still checked).
+func (g *Gateway) codeGuessesOver(ctx context.Context, user string, now time.Time) bool {
+	l := g.codeLimiter()
+	if l == nil {
+		return false
+	}
+	c, err := l.Peek(ctx, user)
+	return err == nil && c.Remaining <= 0 // codeGuessesMax wrong codes used: the next try is refused
+}
+
+func (g *Gateway) countCodeGuess(ctx context.Context, user string) {
+	if l := g.codeLimiter(); l != nil {
+		_, _ = l.Get(ctx, user)
+	}
+}
+
+// adminCampaignItem serves /admin/v1/campaigns/{id}[/sub] for PATCH, DELETE,
+// audience and codes.
+func (g *Gateway) adminCampaignItem(ctx *fasthttp.RequestCtx, r role, id, sub string) {
+	if !campaign.ValidID(id) {
+		adminError(ctx, fasthttp.StatusNotFound, "unknown_campaign", "no such campaign")
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	switch {
+	case sub == "" && (ctx.IsPatch() || ctx.IsDelete()):
+		if r < roleAdmin {
+			adminError(ctx, fasthttp.StatusForbidden, "forbidden", "role admin required")
+			return
+		}
+		var p campaign.Patch
+		if ctx.IsDelete() {
+			g.patchCampaign(ctx, rctx, id, &p, true)
+			return
+		}
+		dec := json.NewDecoder(bytes.NewReader(ctx.Request.Body()))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&p); err != nil {
+			adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "body: "+err.Error())
+			return
+		}
+		g.patchCampaign(ctx, rctx, id, &p, false)
+	case sub == "audience" && ctx.IsPost():
+		if r < roleAdmin {
+			adminError(ctx, fasthttp.StatusForbidden, "forbidden", "role admin required")
+			return
+		}
+		g.addAudience(ctx, rctx, id)
+	case sub == "codes" && ctx.IsPost():
+		if r < roleAdmin {
+			adminError(ctx, fasthttp.StatusForbidden, "forbidden", "role admin required")
+			return
+		}
+		g.generateCodes(ctx, rctx, id)
+	case sub == "codes" && ctx.IsGet():
+		g.exportCodes(ctx, id)
+	default:
+		adminError(ctx, fasthttp.StatusMethodNotAllowed, "invalid_request", "method not allowed here")
+	}
+}
+
+// patchCampaign applies a change with optimistic concurrency on the KV
+// revision. New units reach the shards (idempotent by change id) before the
+// definition says so, so claims never see a stock the shards do not hold.
+func (g *Gateway) patchCampaign(ctx *fasthttp.RequestCtx, rctx context.Context, id string, p *campaign.Patch, del bool) {
+	st := g.stock()
+	if st == nil {
+		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", "redis unavailable")
+		return
+	}
+	if p.ChangeID == "" {
+		p.ChangeID = stock.NewGrantID(g.now())
+	}
+	for attempt := 0; attempt < patchAttemptsMax; attempt++ {
+		old, rev, err := g.reg.Revision(rctx, id)
+		if errors.Is(err, campaign.ErrNotFound) {
+			adminError(ctx, fasthttp.StatusNotFound, "unknown_campaign", "no such campaign")
+			return
+		}
+		if err != nil {
+			adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
+			return
+		}
+		var n campaign.Campaign
+		if del {
+			n = *old
+			n.Deleted = true
+		} else {
+			pp := *p
+			if n, err = old.Apply(&pp); err != nil {
+				adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", err.Error(), campaign.Fields(err)...)
+				return
+			}
+		}
+		if delta := n.Units() - old.Units(); delta > 0 {
+			if err := st.Add(rctx, id, old.Shards, delta, p.ChangeID); err != nil {
+				adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
+				return
+			}
+		}
+		err = g.reg.Update(rctx, &n, rev)
+		if errors.Is(err, campaign.ErrConflict) {
+			continue // someone else changed it; the stock add is idempotent by change id
+		}
+		if err != nil {
+			adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
+			return
+		}
+		g.waitVisible(id, func(c *campaign.Campaign) bool {
+			return c.Stock == n.Stock && c.Paused == n.Paused && c.Deleted == n.Deleted && c.EndsAt.Equal(n.EndsAt) && c.Draft == n.Draft
+		})
+		g.log.Info("campaign changed", "id", id, "stock", n.Stock, "units", n.Units(), "paused", n.Paused, "deleted", n.Deleted)
+		adminJSON(ctx, fasthttp.StatusOK, g.campaignView(rctx, &n, true))
+		return
+	}
+	adminError(ctx, fasthttp.StatusConflict, "conflict", "campaign kept changing; retry with the same change_id")
+}
+
+func (g *Gateway) waitVisible(id string, ok func(*campaign.Campaign) bool) {
+	for deadline := time.Now().Add(adminWaitVisible); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if c, found := g.reg.Get(id); found && ok(c) {
+			return
+		}
+	}
+}
+
+func (g *Gateway) addAudience(ctx *fasthttp.RequestCtx, rctx context.Context, id string) {
+	c, err := g.reg.Lookup(rctx, id)
+	if err != nil {
+		adminError(ctx, fasthttp.StatusNotFound, "unknown_campaign", "no such campaign")
+		return
+	}
+	if c.Audience.Mode != "targeted" {
+		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "audience.mode of this campaign is "+c.Audience.Mode+", not targeted", "audience.mode")
+		return
+	}
+	var body struct {
+		Users []string `json:"users"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(ctx.Request.Body()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil {
+		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "body: "+err.Error())
+		return
+	}
+	if len(body.Users) == 0 || len(body.Users) > audiencePerRequestMax {
+		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", fmt.Sprintf("users: 1..%d per request (send millions in several)", audiencePerRequestMax), "users")
+		return
+	}
+	for i, u := range body.Users {
+		if !validUserID(u) {
+			adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", fmt.Sprintf("users[%d] is not a valid user id", i), "users")
+			return
+		}
+	}
+	st := g.stock()
+	if st == nil {
+		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", "redis unavailable")
+		return
+	}
+	added, err := st.AddAudience(rctx, id, c.Shards, body.Users)
+	if err != nil {
+		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
+		return
+	}
+	total, _ := st.AudienceSize(rctx, id, c.Shards)
+	adminJSON(ctx, fasthttp.StatusOK, map[string]any{"added": added, "audience_size": total})
+}
+
+func (g *Gateway) generateCodes(ctx *fasthttp.RequestCtx, rctx context.Context, id string) {
+	c, err := g.reg.Lookup(rctx, id)
+	if err != nil {
+		adminError(ctx, fasthttp.StatusNotFound, "unknown_campaign", "no such campaign")
+		return
+	}
+	if c.Audience.Mode != "code" {
+		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "audience.mode of this campaign is "+c.Audience.Mode+", not code", "audience.mode")
+		return
+	}
+	var body struct {
+		Count  int    `json:"count"`
+		Prefix string `json:"prefix"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(ctx.Request.Body()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil {
+		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "body: "+err.Error())
+		return
+	}
+	var fields []string
+	if body.Count < 1 || body.Count > codesPerRequestMax {
+		fields = append(fields, "count")
+	}
+	if !codePrefixPattern.MatchString(body.Prefix) {
+		fields = append(fields, "prefix")
+	}
+	if len(fields) > 0 {
+		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", fmt.Sprintf("count must be 1..%d; prefix 0..16 of A-Z 0-9", codesPerRequestMax), fields...)
+		return
+	}
+	codes := make([]string, body.Count)
+	for i := range codes {
+		codes[i] = newCode(body.Prefix)
+	}
+	st := g.stock()
+	if st == nil {
+		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", "redis unavailable")
+		return
+	}
+	start := time.Now()
+	added, err := st.AddCodes(rctx, id, codes)
+	if err != nil {
+		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
+		return
+	}
+	g.log.Info("codes generated", "campaign", id, "count", added, "took", time.Since(start))
+	out := map[string]any{"generated": added, "bits_per_code": codeRandomBytes * 8, "export": "/admin/v1/campaigns/" + id + "/codes?format=csv"}
+	if len(codes) <= 1000 {
+		out["codes"] = codes
+	}
+	adminJSON(ctx, fasthttp.StatusCreated, out)
+}
+
+// exportCodes streams code,state,grant_id as CSV.
+func (g *Gateway) exportCodes(ctx *fasthttp.RequestCtx, id string) {
+	if f := string(ctx.QueryArgs().Peek("format")); f != "" && f != "csv" {
+		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "format must be csv")
+		return
+	}
+	st := g.stock()
+	if st == nil {
+		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", "redis unavailable")
+		return
+	}
+	ctx.SetContentType("text/csv; charset=utf-8")
+	ctx.Response.Header.Set("Content-Disposition", `attachment; filename="`+id+`-codes.csv"`)
+	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		_, _ = w.WriteString("code,state,grant_id\n")
+		err := st.ScanCodes(sctx, id, func(code, grant string) error {
+			state := "unused"
+			if grant != "" {
+				state = "used"
+			}
+			_, err := w.WriteString(code + "," + state + "," + grant + "\n")
+			return err
+		})
+		if err != nil {
+			_, _ = w.WriteString("# export interrupted: " + strings.ReplaceAll(err.Error(), "\n", " ") + "\n")
+		}
+	})
+}
