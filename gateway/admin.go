@@ -47,6 +47,11 @@ func (g *Gateway) handleAdmin(ctx *fasthttp.RequestCtx) {
 		pprofHandler(ctx)
 		return
 	}
+	if isOpenAPIPath(string(path)) && ctx.IsGet() { // public document: no token needed
+		ctx.SetContentType("application/json")
+		ctx.SetBody(openAPI)
+		return
+	}
 	if !bytes.HasPrefix(path, []byte("/admin/v1/")) {
 		adminError(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint")
 		return

@@ -1,0 +1,88 @@
+package gateway_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/flashgate/flashgate/gateway"
+	"github.com/flashgate/flashgate/internal/stack"
+)
+
+// TestOpenAPIMatchesRoutes keeps the served OpenAPI document, the route
+// table and the handlers in step: every documented operation is a route,
+// every route is documented, and every route reaches a handler on a live
+// gateway (not the router's "no such endpoint" or a 405).
+func TestOpenAPIMatchesRoutes(t *testing.T) {
+	s := stack.Start(t, stack.Options{})
+	s.CreateCampaign(stack.Campaign{ID: "doc", Stock: 10, Shards: 1})
+	resp, err := http.Get(s.AdminURL + "/admin/v1/openapi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		OpenAPI string                                `json:"openapi"`
+		Paths   map[string]map[string]json.RawMessage `json:"paths"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil || resp.StatusCode != 200 || !strings.HasPrefix(doc.OpenAPI, "3.") {
+		t.Fatalf("served document: %d %v %q", resp.StatusCode, err, doc.OpenAPI)
+	}
+	resp.Body.Close()
+	documented := map[string]bool{}
+	for path, ops := range doc.Paths {
+		for method := range ops {
+			documented[strings.ToUpper(method)+" "+path] = true
+		}
+	}
+	routes := map[string]gateway.Route{}
+	for _, r := range gateway.Routes() {
+		routes[r.Method+" "+r.Path] = r
+	}
+	for op := range documented {
+		if _, ok := routes[op]; !ok {
+			t.Errorf("documented but not a route: %s", op)
+		}
+	}
+	var ops []string
+	for op := range routes {
+		if !documented[op] {
+			t.Errorf("route not documented: %s", op)
+		}
+		ops = append(ops, op)
+	}
+	sort.Slice(ops, func(i, j int) bool { // deletes last: they end the campaign
+		return !strings.HasPrefix(ops[i], "DELETE") && strings.HasPrefix(ops[j], "DELETE") || (strings.HasPrefix(ops[i], "DELETE") == strings.HasPrefix(ops[j], "DELETE") && ops[i] < ops[j])
+	})
+	fill := strings.NewReplacer("{campaign}", "doc", "{id}", "doc", "{kind}", "ip", "{value}", "203.0.113.1")
+	for _, op := range ops {
+		r := routes[op]
+		base := s.PublicURL
+		token := "Bearer " + stack.Token("doc-user")
+		if r.Admin {
+			base, token = s.AdminURL, "Bearer "+stack.AdminToken
+		}
+		var body io.Reader
+		if r.Method == "PUT" || r.Method == "POST" || r.Method == "PATCH" {
+			body = bytes.NewReader([]byte(`{"reason":"doc"}`))
+			if strings.HasSuffix(r.Path, "/rules") {
+				body = bytes.NewReader([]byte(`{}`))
+			}
+		}
+		req, _ := http.NewRequest(r.Method, base+fill.Replace(r.Path), body)
+		req.Header.Set("Authorization", token)
+		req.Header.Set("X-Device-ID", "doc-device")
+		resp, err := s.HTTP.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", op, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == 405 || bytes.Contains(b, []byte("no such endpoint")) || bytes.Contains(b, []byte("no such risk endpoint")) {
+			t.Errorf("%s is documented but not served: HTTP %d %.200s", op, resp.StatusCode, b)
+		}
+	}
+}
