@@ -20,9 +20,14 @@ run: build
 	bash scripts/dev-up.sh
 	$(BIN)/flashgate serve --config scripts/dev.yaml --demo
 
+# Race pass over the concurrent packages (the process-crash tests in
+# cmd/flashgate run once, without it: they are slow and drive subprocesses).
+RACEPKGS := ./gateway/... ./ledger/... ./antifraud/... ./bench/... ./cmd/flashbench/...
+
 test: deps build
 	$(GO) vet $(PKGS)
 	$(GO) test $(TESTFLAGS) -tags invariants $(PKGS)
+	$(GO) test $(TESTFLAGS) -race $(RACEPKGS)
 
 test-short:
 	$(GO) test -short -count=1 $(PKGS)

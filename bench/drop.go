@@ -183,7 +183,7 @@ func RunDrop(ctx context.Context, o DropOptions) (*DropResult, error) {
 	observed := make([][]Observed, sc.Connections)
 	var wg sync.WaitGroup
 	for wi := range workers {
-		w := &worker{latency: hdrhistogram.New(1, latencyMax.Microseconds(), 3), service: hdrhistogram.New(1, latencyMax.Microseconds(), 3), outcomes: map[string]int64{}}
+		w := newWorker()
 		workers[wi] = w
 		wg.Add(1)
 		go func() {
@@ -264,19 +264,10 @@ func RunDrop(ctx context.Context, o DropOptions) (*DropResult, error) {
 	close(stopProgress)
 	elapsed := time.Since(start)
 
-	r := &Result{Elapsed: elapsed, LateDropped: late.Load(), Outcomes: map[string]int64{},
-		Latency: hdrhistogram.New(1, latencyMax.Microseconds(), 3), Service: hdrhistogram.New(1, latencyMax.Microseconds(), 3)}
-	for wi, w := range workers {
-		r.Latency.Merge(w.latency)
-		r.Service.Merge(w.service)
-		r.Errors += w.errors
-		for k, v := range w.outcomes {
-			r.Outcomes[k] += v
-			r.Sent += v
-		}
+	r := mergeWorkers(workers, elapsed, late.Load())
+	for wi := range workers {
 		res.Observed = append(res.Observed, observed[wi]...)
 	}
-	r.Sent += r.Errors
 	res.Summary = r.Summarize(profile.Expected(sc.Duration) / sc.Duration.Seconds())
 	res.Summary.AchievedRate = float64(r.Sent) / sc.Duration.Seconds() // requests per second of schedule, drain included in the count
 	res.Taps, res.Retries = taps.Load(), retries.Load()

@@ -104,11 +104,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	var seq atomic.Int64
 	var wg sync.WaitGroup
 	for i := range workers {
-		w := &worker{
-			latency:  hdrhistogram.New(1, latencyMax.Microseconds(), 3),
-			service:  hdrhistogram.New(1, latencyMax.Microseconds(), 3),
-			outcomes: map[string]int64{},
-		}
+		w := newWorker()
 		workers[i] = w
 		wg.Add(1)
 		go func() {
@@ -117,8 +113,12 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		}()
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
-	r := &Result{Elapsed: elapsed, LateDropped: late.Load(), Outcomes: map[string]int64{},
+	return mergeWorkers(workers, time.Since(start), late.Load()), nil
+}
+
+// mergeWorkers sums the workers' histograms and counts into one result.
+func mergeWorkers(workers []*worker, elapsed time.Duration, late int64) *Result {
+	r := &Result{Elapsed: elapsed, LateDropped: late, Outcomes: map[string]int64{},
 		Latency: hdrhistogram.New(1, latencyMax.Microseconds(), 3), Service: hdrhistogram.New(1, latencyMax.Microseconds(), 3)}
 	for _, w := range workers {
 		r.Latency.Merge(w.latency)
@@ -130,7 +130,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		}
 	}
 	r.Sent += r.Errors
-	return r, nil
+	return r
+}
+
+func newWorker() *worker {
+	return &worker{latency: hdrhistogram.New(1, latencyMax.Microseconds(), 3), service: hdrhistogram.New(1, latencyMax.Microseconds(), 3), outcomes: map[string]int64{}}
 }
 
 // schedule emits intended send times following rateAt (requests per second

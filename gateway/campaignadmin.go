@@ -187,23 +187,33 @@ func (g *Gateway) waitVisible(id string, ok func(*campaign.Campaign) bool) {
 	}
 }
 
-func (g *Gateway) addAudience(ctx *fasthttp.RequestCtx, rctx context.Context, id string) {
+// campaignWithBody loads a campaign of the given audience mode and decodes
+// the request body into v (unknown fields refused); false when it answered.
+func (g *Gateway) campaignWithBody(ctx *fasthttp.RequestCtx, rctx context.Context, id, mode string, v any) (*campaign.Campaign, bool) {
 	c, err := g.reg.Lookup(rctx, id)
 	if err != nil {
 		adminError(ctx, fasthttp.StatusNotFound, "unknown_campaign", "no such campaign")
-		return
+		return nil, false
 	}
-	if c.Audience.Mode != "targeted" {
-		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "audience.mode of this campaign is "+c.Audience.Mode+", not targeted", "audience.mode")
-		return
-	}
-	var body struct {
-		Users []string `json:"users"`
+	if c.Audience.Mode != mode {
+		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "audience.mode of this campaign is "+c.Audience.Mode+", not "+mode, "audience.mode")
+		return nil, false
 	}
 	dec := json.NewDecoder(bytes.NewReader(ctx.Request.Body()))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil {
+	if err := dec.Decode(v); err != nil {
 		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "body: "+err.Error())
+		return nil, false
+	}
+	return c, true
+}
+
+func (g *Gateway) addAudience(ctx *fasthttp.RequestCtx, rctx context.Context, id string) {
+	var body struct {
+		Users []string `json:"users"`
+	}
+	c, ok := g.campaignWithBody(ctx, rctx, id, "targeted", &body)
+	if !ok {
 		return
 	}
 	if len(body.Users) == 0 || len(body.Users) > audiencePerRequestMax {
@@ -231,23 +241,11 @@ func (g *Gateway) addAudience(ctx *fasthttp.RequestCtx, rctx context.Context, id
 }
 
 func (g *Gateway) generateCodes(ctx *fasthttp.RequestCtx, rctx context.Context, id string) {
-	c, err := g.reg.Lookup(rctx, id)
-	if err != nil {
-		adminError(ctx, fasthttp.StatusNotFound, "unknown_campaign", "no such campaign")
-		return
-	}
-	if c.Audience.Mode != "code" {
-		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "audience.mode of this campaign is "+c.Audience.Mode+", not code", "audience.mode")
-		return
-	}
 	var body struct {
 		Count  int    `json:"count"`
 		Prefix string `json:"prefix"`
 	}
-	dec := json.NewDecoder(bytes.NewReader(ctx.Request.Body()))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil {
-		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "body: "+err.Error())
+	if _, ok := g.campaignWithBody(ctx, rctx, id, "code", &body); !ok {
 		return
 	}
 	var fields []string

@@ -252,7 +252,7 @@ func TestAddStockMidDrop(t *testing.T) {
 	if a, _ := s.Claim(ctx, stack.ClaimRequest{Campaign: "grow", User: "late-2", Device: "d"}); a.Status != "ended" {
 		t.Fatalf("deleted: %+v", a)
 	}
-	rep := requireCleanAudit(t, s.Gateway, 20*time.Second) // grants kept, counts agree
+	rep := stack.RequireCleanAudit(t, s.Gateway, 20*time.Second) // grants kept, counts agree
 	if rep.Campaigns[0].Store != 501 {
 		t.Fatalf("store after delete: %+v", rep.Campaigns[0])
 	}

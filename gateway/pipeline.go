@@ -61,10 +61,11 @@ func (g *Gateway) openPipeline(ctx context.Context) error {
 	if g.store, err = store.Open(sctx, g.cfg.Store.Driver, g.cfg.storeDSN()); err != nil {
 		return err
 	}
-	g.relay, err = relay.New(relay.Options{
-		Ledger: g.ledger, JS: g.js, Node: g.NodeID(), Logger: g.log,
-		Stream: relay.StreamConfig(g.cfg.NATS.Replicas, g.cfg.NATS.DedupWindow, g.cfg.NATS.StreamMaxAge),
-	})
+	streamCfg := relay.StreamConfig(g.cfg.NATS.Replicas, g.cfg.NATS.DedupWindow, g.cfg.NATS.StreamMaxAge)
+	if _, err := g.js.CreateOrUpdateStream(sctx, streamCfg); err != nil {
+		return fmt.Errorf("gateway: GRANTS stream: %w", err)
+	}
+	g.relay, err = relay.New(relay.Options{Ledger: g.ledger, JS: g.js, Node: g.NodeID(), Logger: g.log, Stream: streamCfg})
 	if err != nil {
 		return err
 	}

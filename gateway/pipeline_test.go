@@ -62,19 +62,6 @@ func loadDistinctUsers(t *testing.T, s *stack.Stack, campaign string, n, paralle
 	return granted
 }
 
-func requireCleanAudit(t *testing.T, g *gateway.Gateway, wait time.Duration) gateway.AuditReport {
-	t.Helper()
-	rep, err := g.AuditSettled(context.Background(), wait)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rep.Violations != 0 {
-		b, _ := json.MarshalIndent(rep, "", "  ")
-		t.Fatalf("audit found violations:\n%s", b)
-	}
-	return rep
-}
-
 // TestPipeline20000GrantsThenAudit (I5, I6): 20,000 grants through ledger →
 // JetStream → sink → SQLite; the audit finds store == ledger == Redis.
 func TestPipeline20000GrantsThenAudit(t *testing.T) {
@@ -87,7 +74,7 @@ func TestPipeline20000GrantsThenAudit(t *testing.T) {
 	if len(granted) != 20000 {
 		t.Fatalf("granted %d, want 20000", len(granted))
 	}
-	rep := requireCleanAudit(t, s.Gateway, 60*time.Second)
+	rep := stack.RequireCleanAudit(t, s.Gateway, 60*time.Second)
 	r := rep.Campaigns[0]
 	if r.Store != 20000 || r.Ledger != 20000 || r.RedisGranted != 20000 || r.Stream != 20000 {
 		t.Fatalf("audit row %+v", r)
@@ -157,7 +144,7 @@ func TestGrantPublishedTwiceOneRow(t *testing.T) {
 	if n := len(loadDistinctUsers(t, s, "twice", 300, 32)); n != 300 {
 		t.Fatalf("granted %d", n)
 	}
-	requireCleanAudit(t, s.Gateway, 20*time.Second)
+	stack.RequireCleanAudit(t, s.Gateway, 20*time.Second)
 
 	nc, err := nats.Connect(s.Gateway.NATSURL())
 	if err != nil {
@@ -202,7 +189,7 @@ func TestGrantPublishedTwiceOneRow(t *testing.T) {
 	if d := metric(t, s.Gateway, "flashgate_sink_duplicates_total"); d != 600 {
 		t.Fatalf("sink saw %v duplicates, want 600 (300 reconcile + 300 under a new id; the same-id batch dropped by JetStream)", d)
 	}
-	rep := requireCleanAudit(t, s.Gateway, 10*time.Second)
+	rep := stack.RequireCleanAudit(t, s.Gateway, 10*time.Second)
 	if rep.Campaigns[0].Store != 300 {
 		t.Fatalf("store holds %d, want 300", rep.Campaigns[0].Store)
 	}
@@ -215,7 +202,7 @@ func TestRelayResumesAfterCrashBetweenCommitAndPublish(t *testing.T) {
 	dataDir := t.TempDir()
 	s := stack.Start(t, stack.Options{DataDir: dataDir})
 	s.CreateCampaign(stack.Campaign{ID: "crash", Stock: 1000, Shards: 2})
-	requireCleanAudit(t, s.Gateway, 10*time.Second)
+	stack.RequireCleanAudit(t, s.Gateway, 10*time.Second)
 	redis := s.Redis
 	s.Stop()
 
@@ -241,7 +228,7 @@ func TestRelayResumesAfterCrashBetweenCommitAndPublish(t *testing.T) {
 	redisCLI(redis.Addr(), "INCRBY", "fg:{crash.0}:granted", "250")
 
 	s2 := stack.Start(t, stack.Options{DataDir: dataDir, Redis: redis})
-	rep := requireCleanAudit(t, s2.Gateway, 20*time.Second)
+	rep := stack.RequireCleanAudit(t, s2.Gateway, 20*time.Second)
 	if rep.Campaigns[0].Store != 250 || rep.Campaigns[0].Ledger != 250 {
 		t.Fatalf("after restart: %+v", rep.Campaigns[0])
 	}

@@ -81,16 +81,15 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	cfg, err := gateway.LoadConfig(*configPath, nil)
-	if err != nil {
-		fmt.Fprintf(stderr, "flashgate: invalid configuration:\n%v\n", err)
+	cfg, ok := loadConfig(*configPath, stderr)
+	if !ok {
 		return 1
 	}
 	if *check {
 		fmt.Fprintln(stdout, "configuration ok")
 		return 0
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: logLevel(cfg.Log.Level)}))
+	log := jsonLogger(cfg, stderr)
 	slog.SetDefault(log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -116,6 +115,21 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// loadConfig loads and validates the configuration, printing every wrong key.
+func loadConfig(path string, stderr io.Writer) (gateway.Config, bool) {
+	cfg, err := gateway.LoadConfig(path, nil)
+	if err != nil {
+		fmt.Fprintf(stderr, "flashgate: invalid configuration:\n%v\n", err)
+		return cfg, false
+	}
+	return cfg, true
+}
+
+// jsonLogger is the JSON slog logger of the configured level.
+func jsonLogger(cfg gateway.Config, stderr io.Writer) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: logLevel(cfg.Log.Level)}))
 }
 
 func logLevel(s string) slog.Level {
@@ -208,9 +222,8 @@ func sinkCmd(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	cfg, err := gateway.LoadConfig(*configPath, nil)
-	if err != nil {
-		fmt.Fprintf(stderr, "flashgate: invalid configuration:\n%v\n", err)
+	cfg, ok := loadConfig(*configPath, stderr)
+	if !ok {
 		return 1
 	}
 	if cfg.NATS.URL == "" {
@@ -218,7 +231,7 @@ func sinkCmd(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	cfg.Sink.Embedded = false
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: logLevel(cfg.Log.Level)}))
+	log := jsonLogger(cfg, stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	g, err := gateway.New(ctx, cfg, gateway.WithLogger(log))
@@ -242,9 +255,8 @@ func auditCmd(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	cfg, err := gateway.LoadConfig(*configPath, nil)
-	if err != nil {
-		fmt.Fprintf(stderr, "flashgate: invalid configuration:\n%v\n", err)
+	cfg, ok := loadConfig(*configPath, stderr)
+	if !ok {
 		return 1
 	}
 	rep, source, err := fetchAudit(cfg, stderr)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,19 +17,6 @@ import (
 	"github.com/flashgate/flashgate/internal/pgtest"
 	"github.com/flashgate/flashgate/internal/stack"
 )
-
-func cleanAudit(t *testing.T, g *gateway.Gateway, wait time.Duration) gateway.AuditReport {
-	t.Helper()
-	rep, err := g.AuditSettled(context.Background(), wait)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rep.Violations != 0 {
-		b, _ := json.MarshalIndent(rep, "", "  ")
-		t.Fatalf("audit violations:\n%s", b)
-	}
-	return rep
-}
 
 // loader claims with distinct users from parallel clients until stopped.
 type loader struct {
@@ -116,7 +102,7 @@ func TestSinkKilledMidStream(t *testing.T) {
 	startSink()
 	time.Sleep(time.Second)
 	load.halt()
-	rep := cleanAudit(t, s.Gateway, 60*time.Second)
+	rep := stack.RequireCleanAudit(t, s.Gateway, 60*time.Second)
 	r := rep.Campaigns[0]
 	if r.Store < load.granted.Load() {
 		t.Fatalf("store %d < granted answers %d", r.Store, load.granted.Load())
@@ -157,7 +143,7 @@ func TestNATSOutageUnderLoad(t *testing.T) {
 			if backlog == 0 {
 				t.Fatalf("ledger held no backlog while NATS was down")
 			}
-			rep := cleanAudit(t, s.Gateway, 90*time.Second)
+			rep := stack.RequireCleanAudit(t, s.Gateway, 90*time.Second)
 			r := rep.Campaigns[0]
 			if r.Store < load.granted.Load() {
 				t.Fatalf("store %d < granted answers %d", r.Store, load.granted.Load())

@@ -56,6 +56,11 @@ func (s *Store) Get(ctx context.Context, key string, rate limiter.Rate) (limiter
 // Increment increments the key by count.
 func (s *Store) Increment(ctx context.Context, key string, count int64, rate limiter.Rate) (limiter.Context, error) {
 	res := incrScript.Exec(ctx, s.c, []string{s.key(key)}, []string{fmt.Sprint(count), fmt.Sprint(rate.Period.Milliseconds())})
+	return contextOf(res, rate)
+}
+
+// contextOf turns a {count, pttl} reply into the library's Context.
+func contextOf(res rueidis.RedisResult, rate limiter.Rate) (limiter.Context, error) {
 	n, ttl, err := countTTL(res)
 	if err != nil {
 		return limiter.Context{}, err
@@ -70,16 +75,7 @@ func (s *Store) Increment(ctx context.Context, key string, count int64, rate lim
 
 // Peek returns the context without counting.
 func (s *Store) Peek(ctx context.Context, key string, rate limiter.Rate) (limiter.Context, error) {
-	n, ttl, err := countTTL(peekScript.Exec(ctx, s.c, []string{s.key(key)}, nil))
-	if err != nil {
-		return limiter.Context{}, err
-	}
-	now := time.Now()
-	exp := now.Add(rate.Period)
-	if ttl > 0 {
-		exp = now.Add(time.Duration(ttl) * time.Millisecond)
-	}
-	return common.GetContextFromState(now, rate, exp, n), nil
+	return contextOf(peekScript.Exec(ctx, s.c, []string{s.key(key)}, nil), rate)
 }
 
 // Reset deletes the key.

@@ -293,3 +293,19 @@ func (s *Stack) ClaimFrom(ctx context.Context, r ClaimRequest, xff string) (Answ
 func (s *Stack) Claim(ctx context.Context, r ClaimRequest) (Answer, error) {
 	return Claim(ctx, s.HTTP, s.PublicURL, r)
 }
+
+// RequireCleanAudit runs the gateway's audit until it finds nothing (the
+// pipeline drains after a load) or wait ends, and fails the test with the
+// report if a violation remains.
+func RequireCleanAudit(t testing.TB, g *gateway.Gateway, wait time.Duration) gateway.AuditReport {
+	t.Helper()
+	rep, err := g.AuditSettled(context.Background(), wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Violations != 0 {
+		b, _ := json.MarshalIndent(rep, "", "  ")
+		t.Fatalf("audit found violations:\n%s", b)
+	}
+	return rep
+}

@@ -112,7 +112,11 @@ func (s *Sink) Run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		s.o.Logger.Warn("sink: consumer interrupted; retrying", "err", err, "retry_in", backoff)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			s.o.Logger.Info("sink: waiting for the GRANTS stream (created by the first gateway)", "retry_in", backoff)
+		} else {
+			s.o.Logger.Warn("sink: consumer interrupted; retrying", "err", err, "retry_in", backoff)
+		}
 		select {
 		case <-ctx.Done():
 			return
