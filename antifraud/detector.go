@@ -13,6 +13,7 @@ const (
 	AlertClaimRateUser   = "claim_rate_user"
 	AlertRejectionSpike  = "rejection_spike"
 	AlertLowStock        = "low_stock"
+	AlertLowBudget       = "low_budget"
 	AlertShadowBlock     = "shadow_block"
 )
 
@@ -134,6 +135,23 @@ func (d *Detector) CheckStock(campaign string, remaining, stock int64, percent f
 	left := 100 * float64(remaining) / float64(stock)
 	return Alert{Kind: AlertLowStock, Key: campaign, Observed: left, Threshold: percent, At: now,
 		Message: fmt.Sprintf("%s has %d of %d left (%.1f%%)", campaign, remaining, stock, left)}, true
+}
+
+// CheckBudget returns a low-budget alert when the remaining budget is at or
+// below percent of the budget (at most once per campaign per cool-down).
+func (d *Detector) CheckBudget(campaign string, used, budget int64, percent float64, now time.Time) (Alert, bool) {
+	left := budget - used
+	if percent <= 0 || budget <= 0 || float64(left)*100 > percent*float64(budget) {
+		return Alert{}, false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.allow(AlertLowBudget+"|"+campaign, now) {
+		return Alert{}, false
+	}
+	share := 100 * float64(left) / float64(budget)
+	return Alert{Kind: AlertLowBudget, Key: campaign, Observed: share, Threshold: percent, At: now,
+		Message: fmt.Sprintf("%s has %d of its %d budget left (%.1f%%)", campaign, left, budget, share)}, true
 }
 
 // Shadow records that a shadow rule would have blocked key, returning an

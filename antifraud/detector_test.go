@@ -56,6 +56,9 @@ func TestDetector(t *testing.T) {
 		case "stock":
 			pct, _ := strconv.ParseFloat(arg("percent"), 64)
 			a, fired = d.CheckStock(arg("campaign"), num("remaining"), num("stock"), pct, epoch.Add(dur("at")))
+		case "budget":
+			pct, _ := strconv.ParseFloat(arg("percent"), 64)
+			a, fired = d.CheckBudget(arg("campaign"), num("used"), num("budget"), pct, epoch.Add(dur("at")))
 		default:
 			t.Fatalf("unknown command %s", td.Cmd)
 		}

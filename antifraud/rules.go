@@ -70,7 +70,10 @@ type Alerts struct {
 	ClaimRate       []RateAlert `json:"claim_rate,omitempty"`
 	RejectionSpike  *SpikeAlert `json:"rejection_spike,omitempty"`
 	LowStockPercent float64     `json:"low_stock_percent,omitempty"`
-	Cooldown        Duration    `json:"cooldown,omitempty"` // one alert per key per cool-down (default 1m)
+	// LowBudgetPercent alerts when a campaign's remaining budget falls to
+	// this share. (Overspending is impossible: the budget caps the units.)
+	LowBudgetPercent float64  `json:"low_budget_percent,omitempty"`
+	Cooldown         Duration `json:"cooldown,omitempty"` // one alert per key per cool-down (default 1m)
 }
 
 // RateAlert fires when one key makes more than Limit claims in Period.
@@ -159,6 +162,9 @@ func (r *Rules) Validate() error {
 	}
 	if p := r.Alerts.LowStockPercent; p < 0 || p >= 100 {
 		bad("alerts.low_stock_percent", "must be 0..100 (0 = off)")
+	}
+	if p := r.Alerts.LowBudgetPercent; p < 0 || p >= 100 {
+		bad("alerts.low_budget_percent", "must be 0..100 (0 = off)")
 	}
 	if c := time.Duration(r.Alerts.Cooldown); c < 0 || c > PeriodMax {
 		bad("alerts.cooldown", "must be 0..24h")

@@ -23,6 +23,8 @@ type Scenario struct {
 	Retry       RetrySpec      `yaml:"retry"`
 	Campaigns   []CampaignSpec `yaml:"campaigns"`
 	Thresholds  ThresholdSpec  `yaml:"thresholds"`
+	// Secret is the HS256 secret tokens are minted with (flags override).
+	Secret string `yaml:"secret"`
 }
 
 // ScheduleSpec names an arrival profile.

@@ -148,6 +148,7 @@ func TestCodeGrantsOnceUnderConcurrency(t *testing.T) {
 // grants exactly 100 (not a cent over), whatever the stock and concurrency.
 func TestBudgetCapHoldsUnderConcurrency(t *testing.T) {
 	s := stack.Start(t, stack.Options{})
+	putRules(t, s, `{"alerts":{"low_stock_percent":20,"low_budget_percent":5}}`)
 	createRaw(t, s, map[string]any{"id": "budget", "coupon": map[string]any{"type": "voucher", "amount": 700}, "stock": 1000, "shards": 8, "budget": 70500})
 	var granted atomic.Int64
 	var wg sync.WaitGroup
@@ -185,6 +186,16 @@ func TestBudgetCapHoldsUnderConcurrency(t *testing.T) {
 	json.Unmarshal(body, &v)
 	if code != 200 || granted.Load() != 100 || v.Stats.Granted != 100 || v.Stats.Units != 100 || v.Stats.BudgetUsed != 70000 || v.Stats.BudgetUsed > 70500 || v.Stats.Remaining != 0 {
 		t.Fatalf("granted %d, stats %s", granted.Load(), body)
+	}
+	// The sweeper loop raises the low-stock and low-budget alerts.
+	for deadline := time.Now().Add(6 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		_, alerts := s.Admin("GET", "/admin/v1/risk/alerts", nil)
+		if strings.Contains(string(alerts), `"kind":"low_stock"`) && strings.Contains(string(alerts), `"kind":"low_budget"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alerts: %s", alerts)
+		}
 	}
 }
 
@@ -255,6 +266,16 @@ func TestAddStockMidDrop(t *testing.T) {
 	rep := stack.RequireCleanAudit(t, s.Gateway, 20*time.Second) // grants kept, counts agree
 	if rep.Campaigns[0].Store != 501 {
 		t.Fatalf("store after delete: %+v", rep.Campaigns[0])
+	}
+	// The store keeps a snapshot of the definition for reporting.
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		def, ok, err := s.Gateway.Store().Campaign(context.Background(), "grow")
+		if err == nil && ok && strings.Contains(string(def), `"deleted":true`) && strings.Contains(string(def), `"stock":505`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("campaign snapshot in the store: %s %v %v", def, ok, err)
+		}
 	}
 }
 

@@ -70,28 +70,30 @@ const (
 
 // Gateway is one gateway process's state.
 type Gateway struct {
-	cfg     Config
-	log     *slog.Logger
-	now     func() time.Time
-	ledger  *ledger.Ledger
-	stockP  atomic.Pointer[stock.Store]
-	redisC  atomic.Pointer[rueidis.Client]
-	ns      *server.Server // embedded NATS, nil with nats.url
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	reg     *campaign.Registry
-	store   *store.Store
-	relay   *relay.Relay
-	sink    *sink.Sink
-	pipe    pipelineState
-	risk    *risk
-	verify  *verifier
-	proxies proxySet
-	roles   map[string]role
-	metrics *metrics
-	stats   statsCounters
-	unknown chan unknownClaim
-	soldOut sync.Map // campaign id -> *atomic.Int64 (unix nanos until which sold_out is answered locally)
+	cfg    Config
+	log    *slog.Logger
+	now    func() time.Time
+	ledger *ledger.Ledger
+	stockP atomic.Pointer[stock.Store]
+	redisC atomic.Pointer[rueidis.Client]
+	ns     *server.Server // embedded NATS, nil with nats.url
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	reg    *campaign.Registry
+	store  *store.Store
+	relay  *relay.Relay
+	sink   *sink.Sink
+	pipe   pipelineState
+	risk   *risk
+	// snapshots carries ids of changed campaigns to saveSnapshots.
+	snapshots chan string
+	verify    *verifier
+	proxies   proxySet
+	roles     map[string]role
+	metrics   *metrics
+	stats     statsCounters
+	unknown   chan unknownClaim
+	soldOut   sync.Map // campaign id -> *atomic.Int64 (unix nanos until which sold_out is answered locally)
 
 	public, admin     *fasthttp.Server
 	publicLn, adminLn net.Listener
@@ -150,7 +152,14 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 		g.Close()
 		return nil, err
 	}
-	g.reg.OnChange = func(id string) { g.soldOutFlag(id).Store(0) } // stock may have been added: re-probe at once
+	g.snapshots = make(chan string, snapshotQueueMax)
+	g.reg.OnChange = func(id string) {
+		g.soldOutFlag(id).Store(0) // stock may have been added: re-probe at once
+		select {
+		case g.snapshots <- id: // reporting snapshot, written by saveSnapshots
+		default:
+		}
+	}
 	if err := g.openPipeline(ctx); err != nil {
 		g.Close()
 		return nil, err
@@ -251,7 +260,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	loops := []func(context.Context){g.reg.Run, g.connectRedis, g.flushStats, g.sweepTransfers, g.settleUnknown, g.relay.Run, g.reconcile,
-		g.watchRisk, g.collectAlerts, g.deliverWebhooks}
+		g.watchRisk, g.collectAlerts, g.deliverWebhooks, g.saveSnapshots}
 	if g.sink != nil {
 		loops = append(loops, g.sink.Run)
 	}
@@ -396,7 +405,7 @@ func (g *Gateway) sweepTransfers(ctx context.Context) {
 			sctx, cancel := context.WithTimeout(ctx, time.Second)
 			n, err := st.Sweep(sctx, c.ID, c.Shards, g.now())
 			if c.StateAt(g.now()) == campaign.StateActive {
-				g.checkLowStock(sctx, c.ID, c.Stock, c.Shards)
+				g.checkLowStock(sctx, c)
 			}
 			cancel()
 			if n > 0 {

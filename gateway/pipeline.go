@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -28,6 +29,9 @@ const (
 	reconcileChunk = store.BatchMax
 	// reconcileChunksPerTick bounds one reconciliation pass.
 	reconcileChunksPerTick = 200
+	// snapshotQueueMax bounds campaign snapshots waiting to be stored; when
+	// full, a change is skipped (the next change of the campaign writes it).
+	snapshotQueueMax = 1024
 	// myCouponsMax bounds GET /v1/me/coupons.
 	myCouponsMax = 200
 )
@@ -418,4 +422,30 @@ func (g *Gateway) SinkOnly(ctx context.Context) error {
 	g.log.Info("flashgate sink consuming", "stream", relay.Stream, "store", g.cfg.Store.Driver)
 	s.Run(ctx)
 	return nil
+}
+
+// saveSnapshots writes the definition of each changed campaign into the
+// store's campaigns table, for reporting next to the grants.
+func (g *Gateway) saveSnapshots(ctx context.Context) {
+	for {
+		var id string
+		select {
+		case <-ctx.Done():
+			return
+		case id = <-g.snapshots:
+		}
+		c, ok := g.reg.Get(id)
+		if !ok {
+			continue
+		}
+		b, err := json.Marshal(c)
+		if err != nil {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := g.store.SaveCampaign(sctx, id, b); err != nil {
+			g.log.Warn("campaign snapshot not stored", "campaign", id, "err", err)
+		}
+		cancel()
+	}
 }

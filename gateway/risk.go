@@ -21,6 +21,7 @@ import (
 	"github.com/ulule/limiter/v3"
 
 	"github.com/flashgate/flashgate/antifraud"
+	"github.com/flashgate/flashgate/gateway/campaign"
 	"github.com/flashgate/flashgate/gateway/ratelimit"
 	"github.com/flashgate/flashgate/gateway/status"
 )
@@ -314,19 +315,26 @@ func (g *Gateway) observeOutcome(campaign string, st status.Status, now time.Tim
 	}
 }
 
-// checkLowStock is run by the sweeper loop for each campaign.
-func (g *Gateway) checkLowStock(ctx context.Context, id string, stock int64, shards int) {
-	pct := g.risk.rules.Load().rules.Alerts.LowStockPercent
+// checkLowStock is run by the sweeper loop for each active campaign: low
+// stock and low budget alerts.
+func (g *Gateway) checkLowStock(ctx context.Context, c *campaign.Campaign) {
+	alerts := g.risk.rules.Load().rules.Alerts
 	st := g.stock()
-	if pct <= 0 || st == nil {
+	if (alerts.LowStockPercent <= 0 && alerts.LowBudgetPercent <= 0) || st == nil {
 		return
 	}
-	c, err := st.Count(ctx, id, shards)
+	n, err := st.Count(ctx, c.ID, c.Shards)
 	if err != nil {
 		return
 	}
-	if al, fire := g.risk.detector.Load().CheckStock(id, c.Remaining, stock, pct, g.now()); fire {
+	d := g.risk.detector.Load()
+	if al, fire := d.CheckStock(c.ID, n.Remaining, c.Units(), alerts.LowStockPercent, g.now()); fire {
 		g.raise(al)
+	}
+	if c.Budget > 0 {
+		if al, fire := d.CheckBudget(c.ID, n.Granted*c.Coupon.FaceValue(), c.Budget, alerts.LowBudgetPercent, g.now()); fire {
+			g.raise(al)
+		}
 	}
 }
 

@@ -40,13 +40,20 @@ func runScenario(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if *scenarioPath == "" || *adminToken == "" || (*secret == "") == (*edKey == "") {
-		fmt.Fprintln(stderr, "flashbench run: --scenario, --admin-token and exactly one of --secret, --ed25519-key are required")
+	if *scenarioPath == "" || *adminToken == "" {
+		fmt.Fprintln(stderr, "flashbench run: --scenario and --admin-token are required")
 		return 2
 	}
 	sc, err := bench.LoadScenario(*scenarioPath)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	if *secret == "" && *edKey == "" {
+		*secret = sc.Secret // the scenario's own secret, unless a flag says otherwise
+	}
+	if (*secret == "") == (*edKey == "") {
+		fmt.Fprintln(stderr, "flashbench run: exactly one of --secret (or the scenario's secret:) and --ed25519-key is required")
 		return 2
 	}
 	if *seed != 0 {

@@ -338,6 +338,19 @@ func (s *Store) IDs(ctx context.Context, campaign string, fn func(id string)) er
 	}
 }
 
+// Campaign returns the stored snapshot of a campaign definition.
+func (s *Store) Campaign(ctx context.Context, id string) ([]byte, bool, error) {
+	var def string
+	err := s.db.QueryRowContext(ctx, s.rebind("SELECT definition FROM campaigns WHERE id = ?"), id).Scan(&def)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("store: campaign: %w", err)
+	}
+	return []byte(def), true, nil
+}
+
 // SaveCampaign stores a campaign definition snapshot for reporting.
 func (s *Store) SaveCampaign(ctx context.Context, id string, definition []byte) error {
 	q := "INSERT INTO campaigns (id, definition, updated_at) VALUES (?,?,?) ON CONFLICT (id) DO UPDATE SET definition = excluded.definition, updated_at = excluded.updated_at"
