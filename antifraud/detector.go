@@ -124,34 +124,27 @@ func (d *Detector) ObserveOutcome(campaign string, rejected bool, ratio float64,
 // CheckStock returns a low-stock alert when remaining is at or below percent
 // of stock (at most once per campaign per cool-down).
 func (d *Detector) CheckStock(campaign string, remaining, stock int64, percent float64, now time.Time) (Alert, bool) {
-	if percent <= 0 || stock <= 0 || float64(remaining)*100 > percent*float64(stock) {
-		return Alert{}, false
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if !d.allow(AlertLowStock+"|"+campaign, now) {
-		return Alert{}, false
-	}
-	left := 100 * float64(remaining) / float64(stock)
-	return Alert{Kind: AlertLowStock, Key: campaign, Observed: left, Threshold: percent, At: now,
-		Message: fmt.Sprintf("%s has %d of %d left (%.1f%%)", campaign, remaining, stock, left)}, true
+	return d.checkLeft(AlertLowStock, campaign, remaining, stock, percent, now, "%s has %d of %d left (%.1f%%)")
 }
 
 // CheckBudget returns a low-budget alert when the remaining budget is at or
 // below percent of the budget (at most once per campaign per cool-down).
 func (d *Detector) CheckBudget(campaign string, used, budget int64, percent float64, now time.Time) (Alert, bool) {
-	left := budget - used
-	if percent <= 0 || budget <= 0 || float64(left)*100 > percent*float64(budget) {
+	return d.checkLeft(AlertLowBudget, campaign, budget-used, budget, percent, now, "%s has %d of its %d budget left (%.1f%%)")
+}
+
+func (d *Detector) checkLeft(kind, campaign string, left, total int64, percent float64, now time.Time, format string) (Alert, bool) {
+	if percent <= 0 || total <= 0 || float64(left)*100 > percent*float64(total) {
 		return Alert{}, false
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if !d.allow(AlertLowBudget+"|"+campaign, now) {
+	if !d.allow(kind+"|"+campaign, now) {
 		return Alert{}, false
 	}
-	share := 100 * float64(left) / float64(budget)
-	return Alert{Kind: AlertLowBudget, Key: campaign, Observed: share, Threshold: percent, At: now,
-		Message: fmt.Sprintf("%s has %d of its %d budget left (%.1f%%)", campaign, left, budget, share)}, true
+	share := 100 * float64(left) / float64(total)
+	return Alert{Kind: kind, Key: campaign, Observed: share, Threshold: percent, At: now,
+		Message: fmt.Sprintf(format, campaign, left, total, share)}, true
 }
 
 // Shadow records that a shadow rule would have blocked key, returning an
