@@ -8,6 +8,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -60,7 +61,7 @@ func hello(args []string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "127.0.0.1:8090", "listen address")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return usageExit(err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -87,7 +88,7 @@ func load(cmd string, args []string, stdout, stderr io.Writer) int {
 	campaign := fs.String("campaign", fmt.Sprintf("bench-%d", time.Now().Unix()), "campaign id (created if missing)")
 	jsonOut := fs.String("json", "", "write the summary as JSON to this file")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return usageExit(err)
 	}
 	if *adminToken == "" || *secret == "" {
 		fmt.Fprintln(stderr, "flashbench: --admin-token and --secret are required")
@@ -158,4 +159,13 @@ func writeJSON(path string, v any, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// usageExit is the exit code after a flag parse error: 0 for --help (usage
+// was printed as asked), 2 for a wrong flag.
+func usageExit(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	return 2
 }

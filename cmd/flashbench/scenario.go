@@ -38,7 +38,7 @@ func runScenario(args []string, stdout, stderr io.Writer) int {
 	duration := fs.Duration("duration", 0, "override the scenario's duration")
 	settle := fs.Duration("settle", 60*time.Second, "how long the oracle waits for the store to catch up")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return usageExit(err)
 	}
 	if *scenarioPath == "" || *adminToken == "" {
 		fmt.Fprintln(stderr, "flashbench run: --scenario and --admin-token are required")

@@ -11,6 +11,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -79,7 +80,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	check := fs.Bool("check-config", false, "validate the configuration and exit")
 	demo := fs.Bool("demo", false, "create a demo campaign and print a ready-to-paste claim (development)")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return usageExit(err)
 	}
 	cfg, ok := loadConfig(*configPath, stderr)
 	if !ok {
@@ -158,7 +159,7 @@ func ledgerDump(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	dir := fs.String("data-dir", "", "the gateway's data_dir (or its ledger/ subdirectory)")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return usageExit(err)
 	}
 	if *dir == "" {
 		fmt.Fprintln(stderr, "flashgate ledger dump: --data-dir is required")
@@ -200,7 +201,7 @@ func token(args []string, stdout, stderr io.Writer) int {
 	sub := fs.String("sub", "", "user id")
 	ttl := fs.Duration("ttl", time.Hour, "lifetime")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return usageExit(err)
 	}
 	if *secret == "" || *sub == "" {
 		fmt.Fprintln(stderr, "flashgate token: --secret and --sub are required")
@@ -220,7 +221,7 @@ func sinkCmd(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "YAML configuration (nats.url and store.* are used)")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return usageExit(err)
 	}
 	cfg, ok := loadConfig(*configPath, stderr)
 	if !ok {
@@ -253,7 +254,7 @@ func auditCmd(args []string, stdout, stderr io.Writer) int {
 	configPath := fs.String("config", "", "the gateway's YAML configuration")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return usageExit(err)
 	}
 	cfg, ok := loadConfig(*configPath, stderr)
 	if !ok {
@@ -332,4 +333,13 @@ func printAudit(w io.Writer, rep gateway.AuditReport, source string) {
 	if rep.Violations == 0 {
 		fmt.Fprintln(w, "no violations")
 	}
+}
+
+// usageExit is the exit code after a flag parse error: 0 for --help (usage
+// was printed as asked), 2 for a wrong flag.
+func usageExit(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	return 2
 }
