@@ -187,6 +187,10 @@ func TestBudgetCapHoldsUnderConcurrency(t *testing.T) {
 	if code != 200 || granted.Load() != 100 || v.Stats.Granted != 100 || v.Stats.Units != 100 || v.Stats.BudgetUsed != 70000 || v.Stats.BudgetUsed > 70500 || v.Stats.Remaining != 0 {
 		t.Fatalf("granted %d, stats %s", granted.Load(), body)
 	}
+	// The audit judges a budgeted campaign against its units, not its stock.
+	if rep := stack.RequireCleanAudit(t, s.Gateway, 20*time.Second); rep.Campaigns[0].Units != 100 || rep.Campaigns[0].Store != 100 {
+		t.Fatalf("audit row %+v", rep.Campaigns[0])
+	}
 	// The sweeper loop raises the low-stock and low-budget alerts.
 	for deadline := time.Now().Add(6 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		_, alerts := s.Admin("GET", "/admin/v1/risk/alerts", nil)

@@ -268,6 +268,7 @@ func (g *Gateway) adminCampaignGrants(ctx *fasthttp.RequestCtx, id string) {
 type AuditRow struct {
 	Campaign        string   `json:"campaign"`
 	Stock           int64    `json:"stock"`
+	Units           int64    `json:"units"` // stock capped by the budget: what the shards started with
 	PerUserLimit    int      `json:"per_user_limit"`
 	RedisGranted    int64    `json:"redis_granted"`
 	RedisRemaining  int64    `json:"redis_remaining"`
@@ -320,7 +321,7 @@ func (g *Gateway) Audit(ctx context.Context) (AuditReport, error) {
 	list := g.reg.List()
 	sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
 	for _, c := range list {
-		row := AuditRow{Campaign: c.ID, Stock: c.Stock, PerUserLimit: c.PerUserLimit, Ledger: int64(len(ledgerIDs[c.ID])),
+		row := AuditRow{Campaign: c.ID, Stock: c.Stock, Units: c.Units(), PerUserLimit: c.PerUserLimit, Ledger: int64(len(ledgerIDs[c.ID])),
 			Stream: acked[c.ID], StoreMaxPerUser: counts[c.ID].MaxPerUser}
 		if st != nil {
 			if cnt, err := st.Count(ctx, c.ID, c.Shards); err == nil {
@@ -347,8 +348,9 @@ func (g *Gateway) Audit(ctx context.Context) (AuditReport, error) {
 		bad := func(format string, args ...any) {
 			row.Violations = append(row.Violations, fmt.Sprintf(format, args...))
 		}
-		if row.RedisGranted > c.Stock || row.Ledger > c.Stock || row.Store > c.Stock {
-			bad("I1 oversell: stock %d, redis %d, ledger %d, store %d", c.Stock, row.RedisGranted, row.Ledger, row.Store)
+		units := c.Units() // stock, capped by the budget
+		if row.RedisGranted > units || row.Ledger > units || row.Store > units {
+			bad("I1 oversell: units %d (stock %d, budget %d), redis %d, ledger %d, store %d", units, c.Stock, c.Budget, row.RedisGranted, row.Ledger, row.Store)
 		}
 		if row.StoreMaxPerUser > int64(c.PerUserLimit) {
 			bad("I2 a user holds %d grants, limit %d", row.StoreMaxPerUser, c.PerUserLimit)
@@ -362,8 +364,8 @@ func (g *Gateway) Audit(ctx context.Context) (AuditReport, error) {
 		if st != nil && row.RedisGranted != row.Ledger {
 			bad("I6 redis counts %d grants, ledger %d", row.RedisGranted, row.Ledger)
 		}
-		if st != nil && row.RedisGranted+row.RedisRemaining != c.Stock {
-			bad("I6 redis granted %d + remaining %d ≠ stock %d", row.RedisGranted, row.RedisRemaining, c.Stock)
+		if st != nil && row.RedisGranted+row.RedisRemaining != units {
+			bad("I6 redis granted %d + remaining %d ≠ units %d", row.RedisGranted, row.RedisRemaining, units)
 		}
 		if row.Stream < row.Ledger {
 			bad("I6 %d ledger grants not yet acknowledged by JetStream", row.Ledger-row.Stream)
