@@ -59,7 +59,18 @@ func TestTargetedCampaign(t *testing.T) {
 	if st := s.CampaignStats("vip"); st.Granted != 50 || st.Rejected["not_eligible"] < 0 {
 		t.Fatalf("stats %+v", st)
 	}
-	// A public-audience operation on a targeted campaign is refused.
+	// A full batch of 100,000 ids in one request.
+	bulk := make([]string, 100000)
+	for i := range bulk {
+		bulk[i] = fmt.Sprintf("bulk-user-%07d", i)
+	}
+	if b := adminOK(t, s, "POST", "/admin/v1/campaigns/vip/audience", map[string]any{"users": bulk}, 200); !strings.Contains(string(b), `"added":100000`) || !strings.Contains(string(b), `"audience_size":100050`) {
+		t.Fatalf("bulk audience: %s", b)
+	}
+	if a, _ := s.Claim(ctx, stack.ClaimRequest{Campaign: "vip", User: "bulk-user-0099999", Device: "d"}); a.Status != "granted" {
+		t.Fatalf("bulk member: %+v", a)
+	}
+	// A code operation on a targeted campaign is refused.
 	if code, _ := s.Admin("POST", "/admin/v1/campaigns/vip/codes", map[string]any{"count": 5}); code != 400 {
 		t.Fatalf("codes on a targeted campaign: %d", code)
 	}

@@ -62,8 +62,9 @@ const (
 	// serverBodyLenMax is the server-level cap; bigger bodies are refused by
 	// fasthttp before the handler (answered by errorHandler as 400).
 	serverBodyLenMax = 64 << 10
-	// adminBodyLenMax bounds admin request bodies.
-	adminBodyLenMax = 1 << 20
+	// adminBodyLenMax bounds admin request bodies: 100,000 audience user ids
+	// of up to 128 bytes fit (POST …/audience), and nothing else comes close.
+	adminBodyLenMax = 16 << 20
 	// headerBufLen bounds request line + headers.
 	headerBufLen = 8 << 10
 )

@@ -18,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/rueidis"
 	"github.com/ulule/limiter/v3"
 
 	"github.com/flashgate/flashgate/antifraud"
@@ -346,9 +347,11 @@ func (g *Gateway) raise(a antifraud.Alert) {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		err := c.Do(ctx, c.B().Set().Key("fg:alert:"+a.Kind+":"+a.Key).Value("1").Nx().Px(g.riskCooldown()).Build()).Error()
 		cancel()
-		if err != nil { // nil reply: another gateway raised it within the cool-down
+		if rueidis.IsRedisNil(err) { // another gateway raised it within the cool-down
 			return
 		}
+		// Any other error (Redis down): raise anyway — this gateway's own
+		// cool-down still holds, and an alert matters most when things break.
 	}
 	g.metrics.alerts.WithLabelValues(a.Kind).Inc()
 	b, _ := json.Marshal(a)
