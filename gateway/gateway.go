@@ -395,6 +395,7 @@ func (g *Gateway) sweepTransfers(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		g.evictOverLimit(g.now())
 		st := g.stock()
 		if st == nil {
 			continue

@@ -476,3 +476,16 @@ func (g *Gateway) actorOf(token string, r role) string {
 	names := map[role]string{roleViewer: "viewer", roleRisk: "risk", roleAdmin: "admin"}
 	return names[r] + ":" + hex.EncodeToString(h[:4])
 }
+
+// evictOverLimit drops cache entries whose window has reset (run by the
+// sweeper loop), so the cache holds only keys that are over a limit now.
+func (g *Gateway) evictOverLimit(now time.Time) {
+	g.risk.overLimit.Range(func(k, v any) bool {
+		if v.(int64) <= now.UnixNano() {
+			if _, loaded := g.risk.overLimit.LoadAndDelete(k); loaded {
+				g.risk.overN.Add(-1)
+			}
+		}
+		return true
+	})
+}
