@@ -41,6 +41,9 @@ const (
 	KeyIP24   = "ip24" // the client's /24 (IPv4) or /64 (IPv6)
 	KeyDevice = "device"
 	KeyUser   = "user"
+	// KeyUserDevices counts distinct devices per user (not claims): a
+	// window's limit is how many devices one user may claim from.
+	KeyUserDevices = "user_devices"
 )
 
 // Rules is the whole risk configuration; the gateway keeps the last valid one.
@@ -93,7 +96,9 @@ type SpikeAlert struct {
 
 var namePattern = regexp.MustCompile(`^[a-z0-9_-]{1,40}$`)
 
-func validKey(k string) bool { return k == KeyIP || k == KeyIP24 || k == KeyDevice || k == KeyUser }
+func validKey(k string) bool {
+	return k == KeyIP || k == KeyIP24 || k == KeyDevice || k == KeyUser || k == KeyUserDevices
+}
 
 // CooldownOrDefault is the alert cool-down.
 func (a *Alerts) CooldownOrDefault() time.Duration {
@@ -122,7 +127,7 @@ func (r *Rules) Validate() error {
 		}
 		names[l.Name] = true
 		if !validKey(l.Key) {
-			bad(f+".key", "must be ip, ip24, device or user")
+			bad(f+".key", "must be ip, ip24, device, user or user_devices")
 		}
 		if len(l.Windows) == 0 || len(l.Windows) > WindowsMax {
 			bad(f+".windows", "need 1..%d windows", WindowsMax)
@@ -205,7 +210,7 @@ func KeyValue(key string, ip netip.Addr, device, user string) string {
 		return p.String()
 	case KeyDevice:
 		return device
-	case KeyUser:
+	case KeyUser, KeyUserDevices:
 		return user
 	}
 	return ""

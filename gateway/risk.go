@@ -254,10 +254,13 @@ func (g *Gateway) checkRisk(ctx context.Context, in *claimInput, now time.Time) 
 				}
 				var lctx limiter.Context
 				var err error
-				if lim != nil {
-					lctx, err = lim.Get(ctx, "rl:"+rule.Name+":"+strconv.Itoa(wi)+":"+value)
-				} else {
+				switch {
+				case lim == nil:
 					err = errors.New("redis not connected")
+				case rule.Key == antifraud.KeyUserDevices: // distinct devices, not claims
+					lctx, err = g.distinctDevices(ctx, rule, wi, in)
+				default:
+					lctx, err = lim.Get(ctx, "rl:"+rule.Name+":"+strconv.Itoa(wi)+":"+value)
 				}
 				if err != nil {
 					g.metrics.riskLimitErrors.WithLabelValues(rule.Name).Inc()
@@ -268,7 +271,7 @@ func (g *Gateway) checkRisk(ctx context.Context, in *claimInput, now time.Time) 
 				}
 				if lctx.Reached {
 					reached, reset = true, time.Unix(lctx.Reset, 0)
-					if g.risk.overN.Load() < overLimitCacheMax {
+					if rule.Key != antifraud.KeyUserDevices && g.risk.overN.Load() < overLimitCacheMax {
 						if _, loaded := g.risk.overLimit.LoadOrStore(cacheKey, reset.UnixNano()); !loaded {
 							g.risk.overN.Add(1)
 						}
@@ -291,6 +294,19 @@ func (g *Gateway) checkRisk(ctx context.Context, in *claimInput, now time.Time) 
 		}
 	}
 	return status.Granted, "", 0, ""
+}
+
+// distinctDevices counts the claim's device among the user's devices in the
+// rule's window. Not cached locally: a known device stays allowed while a
+// new one is refused, so the verdict depends on the device, not the user alone.
+func (g *Gateway) distinctDevices(ctx context.Context, rule antifraud.Limit, wi int, in *claimInput) (limiter.Context, error) {
+	rc := g.redisC.Load()
+	if rc == nil {
+		return limiter.Context{}, errors.New("redis not connected")
+	}
+	w := rule.Windows[wi]
+	rate := limiter.Rate{Period: time.Duration(w.Period), Limit: w.Limit}
+	return ratelimit.New(*rc, "fg:rl").Distinct(ctx, "ud:"+rule.Name+":"+strconv.Itoa(wi)+":"+in.user, in.device, rate)
 }
 
 // lazyLimiter builds limiters of rules installed before Redis connected.

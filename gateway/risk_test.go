@@ -309,3 +309,19 @@ func TestAlertWebhookOncePerCooldown(t *testing.T) {
 		t.Fatalf("last good rules not in force: %s", body)
 	}
 }
+
+// TestDevicesPerUserLimit: a user may claim from at most 2 devices per
+// window; a third device is refused (429, limit user_devices) while the
+// first two keep working.
+func TestDevicesPerUserLimit(t *testing.T) {
+	s := stack.Start(t, stack.Options{})
+	putRules(t, s, `{"limits":[{"name":"devices-per-user","key":"user_devices","windows":[{"limit":2,"period":"1m"}]}]}`)
+	s.CreateCampaign(stack.Campaign{ID: "dpu", Stock: 100, Shards: 1, PerUserLimit: 10})
+	ctx := context.Background()
+	for i, c := range []struct{ device, want string }{{"phone", "granted"}, {"tablet", "granted"}, {"farm-1", "rate_limited"}, {"phone", "granted"}, {"farm-2", "rate_limited"}} {
+		a, err := s.Claim(ctx, stack.ClaimRequest{Campaign: "dpu", User: "sharer", Device: c.device, IdempotencyKey: fmt.Sprint("k", i)})
+		if err != nil || a.Status != c.want || (a.Status == "rate_limited" && a.Limit != "user_devices") {
+			t.Fatalf("claim %d from %s: %+v %v, want %s", i, c.device, a, err, c.want)
+		}
+	}
+}

@@ -97,3 +97,29 @@ func countTTL(res rueidis.RedisResult) (int64, int64, error) {
 	}
 	return v[0], v[1], nil
 }
+
+// distinctScript admits a member into a windowed set of at most ARGV[3]
+// members and returns {count, pttl}: a known member counts as is; a new one
+// is added while there is room, and when there is none it is NOT added and
+// the count returned is one past the limit (refused). Refusals therefore
+// never push the members already admitted over the limit.
+// KEYS: 1 set  ARGV: 1 member  2 window ms  3 limit.
+var distinctScript = rueidis.NewLuaScript(`
+local n = redis.call("SCARD", KEYS[1])
+if redis.call("SISMEMBER", KEYS[1], ARGV[1]) == 1 then
+  return {n, redis.call("PTTL", KEYS[1])}
+end
+if n >= tonumber(ARGV[3]) then
+  return {n + 1, redis.call("PTTL", KEYS[1])}
+end
+redis.call("SADD", KEYS[1], ARGV[1])
+if n == 0 then redis.call("PEXPIRE", KEYS[1], ARGV[2]) end
+return {n + 1, redis.call("PTTL", KEYS[1])}
+`)
+
+// Distinct records member under key for the rate's period (a fixed window
+// from the first member) and returns the context of the distinct count
+// against rate.Limit: "at most Limit distinct members per Period".
+func (s *Store) Distinct(ctx context.Context, key, member string, rate limiter.Rate) (limiter.Context, error) {
+	return contextOf(distinctScript.Exec(ctx, s.c, []string{s.key(key)}, []string{member, fmt.Sprint(rate.Period.Milliseconds()), fmt.Sprint(rate.Limit)}), rate)
+}

@@ -48,3 +48,23 @@ func TestRedisDownIsAnError(t *testing.T) {
 		t.Fatal("no error with Redis down")
 	}
 }
+
+// TestDistinctAdmitsKnownMembers: at most 2 devices per user per window; a
+// third is refused and does not lock out the two admitted ones.
+func TestDistinctAdmitsKnownMembers(t *testing.T) {
+	s, _ := newStore(t)
+	rate := limiter.Rate{Period: time.Minute, Limit: 2}
+	ctx := context.Background()
+	for _, c := range []struct {
+		device  string
+		reached bool
+	}{{"d1", false}, {"d2", false}, {"d3", true}, {"d1", false}, {"d3", true}, {"d2", false}} {
+		lc, err := s.Distinct(ctx, "u1", c.device, rate)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lc.Reached != c.reached {
+			t.Fatalf("device %s: reached=%v, want %v (%+v)", c.device, lc.Reached, c.reached, lc)
+		}
+	}
+}
