@@ -174,6 +174,35 @@ func (b *Blacklist) Match(ip netip.Addr, device, user string, now time.Time) (*E
 	return nil, false
 }
 
+// Has reports whether an entry of kind and (normalized) value is present.
+func (b *Blacklist) Has(kind, value string) bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	switch kind {
+	case KindIP:
+		a, err := netip.ParseAddr(value)
+		if err != nil {
+			return false
+		}
+		_, ok := b.ips[a.Unmap()]
+		return ok
+	case KindCIDR:
+		p, err := netip.ParsePrefix(value)
+		if err != nil {
+			return false
+		}
+		_, ok := b.cidrs[p.Bits()][p.Masked()]
+		return ok
+	case KindDevice:
+		_, ok := b.devices[value]
+		return ok
+	case KindUser:
+		_, ok := b.users[value]
+		return ok
+	}
+	return false
+}
+
 // Len is the number of entries (expired ones included until removed).
 func (b *Blacklist) Len() int {
 	b.mu.RLock()

@@ -131,6 +131,7 @@ func (g *Gateway) writeBlacklist(ctx *fasthttp.RequestCtx, rctx context.Context,
 			return
 		}
 		_ = g.auditRisk(rctx, riskAuditEntry{At: g.now().UTC(), Actor: actor, Action: "blacklist.delete", Target: kind + ":" + value, Before: before})
+		g.waitBlacklist(kind, value, false)
 		adminJSON(ctx, fasthttp.StatusOK, map[string]any{"status": "deleted", "kind": kind, "value": value})
 		return
 	}
@@ -162,5 +163,17 @@ func (g *Gateway) writeBlacklist(ctx *fasthttp.RequestCtx, rctx context.Context,
 		return
 	}
 	_ = g.auditRisk(rctx, riskAuditEntry{At: now, Actor: actor, Action: "blacklist.put", Target: kind + ":" + value, Before: before, After: after})
+	g.waitBlacklist(kind, value, true)
 	adminJSON(ctx, fasthttp.StatusOK, e)
+}
+
+// waitBlacklist waits (bounded) until this gateway's blacklist reflects a
+// write, so "200" means "in force here"; other gateways follow through the
+// same watch within milliseconds.
+func (g *Gateway) waitBlacklist(kind, value string, present bool) {
+	for deadline := time.Now().Add(riskApplyWait); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		if g.risk.blacklist.Has(kind, value) == present {
+			return
+		}
+	}
 }
