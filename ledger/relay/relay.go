@@ -173,8 +173,17 @@ func (r *Relay) Run(ctx context.Context) {
 	defer tick.Stop()
 	for ctx.Err() == nil {
 		if !streamReady {
+			// Look the stream up and create it only when missing: an update of
+			// an existing stream racing a consumer create trips a data race
+			// inside nats-server's file store (v2.15, seen under -race).
 			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			_, err := r.o.JS.CreateOrUpdateStream(sctx, r.o.Stream)
+			_, err := r.o.JS.Stream(sctx, r.o.Stream.Name)
+			if errors.Is(err, jetstream.ErrStreamNotFound) {
+				_, err = r.o.JS.CreateStream(sctx, r.o.Stream)
+				if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+					err = nil
+				}
+			}
 			cancel()
 			if err != nil {
 				r.o.Logger.Warn("relay: stream not available", "err", err, "retry_in", backoff)
