@@ -116,33 +116,47 @@ func (b *Blacklist) Put(e Entry) error {
 func (b *Blacklist) Delete(kind, value string) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.find(kind, value, true)
+}
+
+// Has reports whether an entry of kind and (normalized) value is present.
+func (b *Blacklist) Has(kind, value string) bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.find(kind, value, false)
+}
+
+// find looks an entry up by kind and value, removing it when remove is set
+// (the caller holds the write lock then, the read lock otherwise).
+func (b *Blacklist) find(kind, value string, remove bool) bool {
+	var ok bool
 	switch kind {
 	case KindIP:
 		a, err := netip.ParseAddr(value)
 		if err != nil {
 			return false
 		}
-		_, ok := b.ips[a.Unmap()]
-		delete(b.ips, a.Unmap())
-		return ok
+		if _, ok = b.ips[a.Unmap()]; ok && remove {
+			delete(b.ips, a.Unmap())
+		}
 	case KindCIDR:
 		p, err := netip.ParsePrefix(value)
 		if err != nil {
 			return false
 		}
-		_, ok := b.cidrs[p.Bits()][p.Masked()]
-		delete(b.cidrs[p.Bits()], p.Masked())
-		return ok
+		if _, ok = b.cidrs[p.Bits()][p.Masked()]; ok && remove {
+			delete(b.cidrs[p.Bits()], p.Masked())
+		}
 	case KindDevice:
-		_, ok := b.devices[value]
-		delete(b.devices, value)
-		return ok
+		if _, ok = b.devices[value]; ok && remove {
+			delete(b.devices, value)
+		}
 	case KindUser:
-		_, ok := b.users[value]
-		delete(b.users, value)
-		return ok
+		if _, ok = b.users[value]; ok && remove {
+			delete(b.users, value)
+		}
 	}
-	return false
+	return ok
 }
 
 // Match returns the first live entry blocking this request, if any.
@@ -172,35 +186,6 @@ func (b *Blacklist) Match(ip netip.Addr, device, user string, now time.Time) (*E
 		return e, true
 	}
 	return nil, false
-}
-
-// Has reports whether an entry of kind and (normalized) value is present.
-func (b *Blacklist) Has(kind, value string) bool {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	switch kind {
-	case KindIP:
-		a, err := netip.ParseAddr(value)
-		if err != nil {
-			return false
-		}
-		_, ok := b.ips[a.Unmap()]
-		return ok
-	case KindCIDR:
-		p, err := netip.ParsePrefix(value)
-		if err != nil {
-			return false
-		}
-		_, ok := b.cidrs[p.Bits()][p.Masked()]
-		return ok
-	case KindDevice:
-		_, ok := b.devices[value]
-		return ok
-	case KindUser:
-		_, ok := b.users[value]
-		return ok
-	}
-	return false
 }
 
 // Len is the number of entries (expired ones included until removed).
