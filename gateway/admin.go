@@ -229,21 +229,24 @@ type campaignView struct {
 }
 
 type campaignStats struct {
-	Stock            int64            `json:"stock"`
-	Remaining        int64            `json:"remaining"`
-	Granted          int64            `json:"granted"`
-	PendingTransfers int64            `json:"pending_transfers"`
-	Stored           int64            `json:"stored"` // grants in the SQL store (lags by the pipeline delay)
-	Units            int64            `json:"units"`  // coupons the shards started with: stock capped by budget
-	BudgetUsed       int64            `json:"budget_used,omitempty"`
-	BudgetRemaining  int64            `json:"budget_remaining,omitempty"`
-	ClaimRatePerS    float64          `json:"claim_rate_per_s"` // attempts per second over the last full minute
-	Trend            []TrendPoint     `json:"trend"`
-	AudienceSize     int64            `json:"audience_size,omitempty"`
-	Shards           []int64          `json:"shards"`
-	Attempts         int64            `json:"attempts"`
-	Rejected         map[string]int64 `json:"rejected"`
-	Error            string           `json:"error,omitempty"`
+	Stock            int64 `json:"stock"`
+	Remaining        int64 `json:"remaining"`
+	Granted          int64 `json:"granted"`
+	PendingTransfers int64 `json:"pending_transfers"`
+	// Unsettled grants (counted in granted) are not yet marked as in their
+	// node's synced ledger: in flight, or held while that node is down.
+	Unsettled       int64            `json:"unsettled"`
+	Stored          int64            `json:"stored"` // grants in the SQL store (lags by the pipeline delay)
+	Units           int64            `json:"units"`  // coupons the shards started with: stock capped by budget
+	BudgetUsed      int64            `json:"budget_used,omitempty"`
+	BudgetRemaining int64            `json:"budget_remaining,omitempty"`
+	ClaimRatePerS   float64          `json:"claim_rate_per_s"` // attempts per second over the last full minute
+	Trend           []TrendPoint     `json:"trend"`
+	AudienceSize    int64            `json:"audience_size,omitempty"`
+	Shards          []int64          `json:"shards"`
+	Attempts        int64            `json:"attempts"`
+	Rejected        map[string]int64 `json:"rejected"`
+	Error           string           `json:"error,omitempty"`
 }
 
 func (g *Gateway) campaignView(ctx context.Context, c *campaign.Campaign, withStats bool) campaignView {
@@ -262,7 +265,7 @@ func (g *Gateway) campaignView(ctx context.Context, c *campaign.Campaign, withSt
 	if err != nil {
 		s.Error = err.Error()
 	}
-	s.Remaining, s.Granted, s.PendingTransfers, s.Shards = counts.Remaining, counts.Granted, counts.Pending, counts.Shards
+	s.Remaining, s.Granted, s.PendingTransfers, s.Shards, s.Unsettled = counts.Remaining, counts.Granted, counts.Pending, counts.Shards, counts.Unsettled
 	if n, err := g.store.Count(ctx, c.ID); err == nil {
 		s.Stored = n
 	} else if s.Error == "" {

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"net/netip"
 	"strconv"
 	"sync/atomic"
@@ -185,11 +183,9 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 		writeError(ctx, status.UnknownCampaign, "no such campaign")
 		return record(status.UnknownCampaign)
 	case campaign.StateEnded, campaign.StateDeleted:
-		writeError(ctx, status.Ended, "campaign has ended")
-		return record(status.Ended)
+		return record(g.refuseUnlessReplay(ctx, rctx, c, &in, status.Ended, "campaign has ended"))
 	case campaign.StatePaused:
-		writeError(ctx, status.Paused, "campaign is paused")
-		return record(status.Paused)
+		return record(g.refuseUnlessReplay(ctx, rctx, c, &in, status.Paused, "campaign is paused"))
 	}
 	if g.reg.StaleFor(now) > g.cfg.NATS.ControlPlaneStaleMax {
 		writeUnavailable(ctx, "control plane unavailable")
@@ -199,13 +195,16 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 		writeUnavailable(ctx, "grant pipeline backlog full")
 		return record(status.Unavailable)
 	}
+	if !g.settled.Load() {
+		writeUnavailable(ctx, "settling the grants of this node's last run")
+		return record(status.Unavailable)
+	}
 	flag := g.soldOutFlag(c.ID)
 	if until := flag.Load(); now.UnixNano() < until {
-		writeError(ctx, status.SoldOut, "sold out")
-		return record(status.SoldOut)
+		return record(g.refuseUnlessReplay(ctx, rctx, c, &in, status.SoldOut, "sold out"))
 	} else if until != 0 && !flag.CompareAndSwap(until, now.Add(soldOutRecheck).UnixNano()) {
-		writeError(ctx, status.SoldOut, "sold out") // another request is re-probing
-		return record(status.SoldOut)
+		// another request is re-probing
+		return record(g.refuseUnlessReplay(ctx, rctx, c, &in, status.SoldOut, "sold out"))
 	}
 	store := g.stock()
 	if store == nil {
@@ -234,18 +233,19 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 		// unknown outcome idempotent. Prefixed so it cannot collide with a client key.
 		attempt, ttl = "~"+stock.NewGrantID(now), 10*time.Minute
 	}
+	rec := newGrantRecord(c, &in, stock.NewGrantID(now), now)
 	t0 := time.Now()
 	res, err := store.Claim(rctx, &stock.Claim{
 		Campaign: c.ID, Shards: c.Shards, PerUserLimit: c.PerUserLimit, User: in.user,
-		AttemptKey: attempt, AttemptTTL: ttl, GrantID: stock.NewGrantID(now), Audience: aud, Code: in.code,
+		AttemptKey: attempt, AttemptTTL: ttl, GrantID: rec.GrantID, Audience: aud, Code: in.code,
+		Node: g.ledger.ID(), Facts: string(rec.AppendEncode(nil)), ValidFrom: rec.ValidFrom, ValidUntil: rec.ValidUntil,
 	})
 	g.metrics.redisSeconds.Observe(time.Since(t0).Seconds())
 	if err != nil {
+		// The script may have run: if it granted, the grant waits in the
+		// unsettled hash and the settler appends it (settle.go).
 		g.metrics.dependencyErrors.WithLabelValues("redis").Inc()
-		if !errors.Is(err, stock.ErrNotInitialized) {
-			g.log.Debug("claim: stock", "campaign", c.ID, "err", err)
-			g.noteUnknown(unknownClaim{at: now, c: c, in: in, attempt: attempt})
-		}
+		g.log.Debug("claim: stock", "campaign", c.ID, "err", err)
 		writeUnavailable(ctx, "stock unavailable")
 		return record(status.Unavailable)
 	}
@@ -267,11 +267,12 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 	if flag.Load() != 0 {
 		flag.Store(0) // stock came back (PATCH): clear the local flag
 	}
-
-	rec, err := g.appendGrant(rctx, c, &in, &res, now)
-	if err != nil {
+	if res.Replay {
+		return record(g.answerReplay(ctx, rctx, c, &res.Prior))
+	}
+	if err := g.appendGrant(rctx, rec); err != nil {
 		g.metrics.dependencyErrors.WithLabelValues("ledger").Inc()
-		g.log.Warn("claim: ledger append failed; not acknowledged", "grant_id", res.GrantID, "err", err)
+		g.log.Warn("claim: ledger append failed; not acknowledged, the settler appends it", "grant_id", rec.GrantID, "err", err)
 		writeUnavailable(ctx, "ledger unavailable")
 		return record(status.Unavailable)
 	}
@@ -279,37 +280,74 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 	return record(status.Granted)
 }
 
-// appendGrant makes the grant durable. A replayed grant (the attempt had
-// granted before) is appended only if its first attempt never reached the
-// ledger; either way the answer carries the stored record.
-func (g *Gateway) appendGrant(ctx context.Context, c *campaign.Campaign, in *claimInput, res *stock.Result, now time.Time) (*ledger.Record, error) {
-	if res.Replay {
-		if r, ok, err := g.ledger.Get(res.GrantID); err != nil {
-			return nil, err
-		} else if ok {
-			return &r, nil
+// refuseUnlessReplay answers a claim that a local check refuses (sold-out
+// flag, paused, ended) — unless the request retries an attempt that granted:
+// the same Idempotency-Key always gets its original answer.
+func (g *Gateway) refuseUnlessReplay(ctx *fasthttp.RequestCtx, rctx context.Context, c *campaign.Campaign, in *claimInput, st status.Status, msg string) status.Status {
+	if in.idemKey != "" {
+		if store := g.stock(); store != nil {
+			prior, found, err := store.LookupAttempt(rctx, c.ID, c.Shards, in.user, in.idemKey)
+			if err == nil && found {
+				return g.answerReplay(ctx, rctx, c, &prior)
+			}
 		}
 	}
+	writeError(ctx, st, msg)
+	return st
+}
+
+// answerReplay answers a retried attempt with the grant it made. A settled
+// grant is in its node's synced ledger: answered from the attempt record. An
+// unsettled grant of this node is appended first (coalescing with its first
+// append if that is still in flight, so the answer never precedes the sync);
+// an unsettled grant of another node is not written here — one grant, one
+// record — and the client is asked to retry.
+func (g *Gateway) answerReplay(ctx *fasthttp.RequestCtx, rctx context.Context, c *campaign.Campaign, prior *stock.Attempt) status.Status {
+	rec := &ledger.Record{GrantID: prior.GrantID, ValidFrom: prior.ValidFrom, ValidUntil: prior.ValidUntil}
+	if prior.Unsettled {
+		if prior.Node != g.ledger.ID() {
+			writeUnavailable(ctx, "this grant is being recorded by another gateway; retry with the same Idempotency-Key")
+			return status.Unavailable
+		}
+		var facts ledger.Record
+		if err := facts.Decode([]byte(prior.Facts)); err != nil || facts.GrantID != prior.GrantID {
+			g.log.Error("claim: unsettled grant with corrupt facts", "grant_id", prior.GrantID, "err", err)
+			writeUnavailable(ctx, "grant record unreadable")
+			return status.Unavailable
+		}
+		facts.Seq = 0
+		if err := g.appendGrant(rctx, &facts); err != nil {
+			g.metrics.dependencyErrors.WithLabelValues("ledger").Inc()
+			writeUnavailable(ctx, "ledger unavailable")
+			return status.Unavailable
+		}
+	}
+	writeGranted(ctx, c, rec)
+	return status.Granted
+}
+
+// newGrantRecord is the ledger record of a grant about to be decided: its
+// facts travel with the claim script (the unsettled hash) before the append.
+func newGrantRecord(c *campaign.Campaign, in *claimInput, grantID string, now time.Time) *ledger.Record {
 	from, until := c.Validity.Window(now)
-	rec := &ledger.Record{
-		GrantID: res.GrantID, Campaign: c.ID, User: in.user, Device: in.device, ClientIP: in.ip.String(),
-		IdempotencyKey: in.idemKey, Shard: uint32(res.Shard), GrantedAtNanos: now.UnixNano(),
+	return &ledger.Record{
+		GrantID: grantID, Campaign: c.ID, User: in.user, Device: in.device, ClientIP: in.ip.String(),
+		IdempotencyKey: in.idemKey, Shard: uint32(stock.HomeShard(in.user, c.Shards)), GrantedAtNanos: now.UnixNano(),
 		ValidFrom: unixOrZero(from), ValidUntil: unixOrZero(until), FaceValue: c.Coupon.FaceValue(),
 	}
+}
+
+// appendGrant makes the grant durable (idempotent by grant id) and, once the
+// append returned, queues the grant's unsettled field for deletion.
+func (g *Gateway) appendGrant(ctx context.Context, rec *ledger.Record) error {
 	t0 := time.Now()
-	seq, err := g.ledger.Append(ctx, rec)
+	_, err := g.ledger.Append(ctx, rec)
 	g.metrics.ledgerSeconds.Observe(time.Since(t0).Seconds())
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if rec.Seq != seq { // another attempt of this grant wrote it first: answer with what is stored
-		stored, ok, err := g.ledger.Get(res.GrantID)
-		if err != nil || !ok {
-			return nil, fmt.Errorf("gateway: grant %s vanished from the ledger: %v", res.GrantID, err)
-		}
-		return &stored, nil
-	}
-	return rec, nil
+	g.mark(rec.Campaign, rec.Shard, rec.GrantID)
+	return nil
 }
 
 func unixOrZero(t time.Time) int64 {

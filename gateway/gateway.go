@@ -11,7 +11,7 @@
 //
 // Goroutines, each ending when Run's context ends: the two fasthttp servers,
 // the campaign watch (campaign.Registry.Run), the Redis connector, the stats
-// flusher, the transfer sweeper, the settler of unknown outcomes (unknown.go),
+// flusher, the transfer sweeper, the settler and marker of unsettled grants (settle.go),
 // the relay (ledger → JetStream), the reconciler and, when embedded, the sink
 // (JetStream → SQL store) — pipeline.go. Handler goroutines share only the
 // registry snapshot (atomic pointer), the sold-out flags and stats counters
@@ -93,8 +93,9 @@ type Gateway struct {
 	roles     map[string]role
 	metrics   *metrics
 	stats     statsCounters
-	unknown   chan unknownClaim
-	soldOut   sync.Map // campaign id -> *atomic.Int64 (unix nanos until which sold_out is answered locally)
+	marks     chan stock.Settled // grants whose unsettled field can go (settle.go)
+	settled   atomic.Bool        // the first settlement pass succeeded: claims may be taken
+	soldOut   sync.Map           // campaign id -> *atomic.Int64 (unix nanos until which sold_out is answered locally)
 
 	public, admin     *fasthttp.Server
 	publicLn, adminLn net.Listener
@@ -135,7 +136,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 		g.roles[tok] = roleRank[r]
 	}
 	g.metrics = newMetrics()
-	g.unknown = make(chan unknownClaim, unknownOutcomesMax)
+	g.marks = make(chan stock.Settled, markQueueMax)
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("gateway: data dir: %w", err)
 	}
@@ -260,7 +261,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	loops := []func(context.Context){g.reg.Run, g.connectRedis, g.flushStats, g.sweepTransfers, g.settleUnknown, g.relay.Run, g.reconcile,
+	loops := []func(context.Context){g.reg.Run, g.connectRedis, g.flushStats, g.sweepTransfers, g.settleUnsettled, g.markSettled, g.relay.Run, g.reconcile,
 		g.watchRisk, g.collectAlerts, g.deliverWebhooks, g.saveSnapshots}
 	if g.sink != nil {
 		loops = append(loops, g.sink.Run)

@@ -90,6 +90,11 @@ func (g *Gateway) readiness() (map[string]string, bool) {
 		fail("nats", "campaign watch down")
 	}
 	checks["ledger"] = "ok"
+	if g.settled.Load() {
+		checks["settlement"] = "ok"
+	} else {
+		fail("settlement", "this node's unsettled grants not yet settled (waiting for Redis)")
+	}
 	checks["relay_backlog"] = fmt.Sprint(g.relay.Backlog())
 	if g.relay.Backlog() > uint64(g.cfg.Relay.BacklogMax) {
 		fail("relay_backlog", fmt.Sprintf("%d grants not yet in JetStream (max %d)", g.relay.Backlog(), g.cfg.Relay.BacklogMax))
@@ -134,8 +139,9 @@ type metrics struct {
 	riskLimitErrors  *prometheus.CounterVec
 	alerts           *prometheus.CounterVec
 	webhookFailures  prometheus.Counter
-	unknownSettled   prometheus.Counter
-	unknownDropped   prometheus.Counter
+	grantsSettled    prometheus.Counter
+	grantsHeld       prometheus.Gauge
+	marksDropped     prometheus.Counter
 	handler          fasthttp.RequestHandler
 }
 
@@ -153,9 +159,10 @@ func newMetrics() *metrics {
 	m.ledgerSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flashgate_ledger_append_duration_seconds", Help: "Synced ledger append time.", Buckets: latencyBuckets})
 	m.dependencyErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flashgate_dependency_errors_total", Help: "Claims failed closed, by dependency."}, []string{"dependency"})
 	m.transfersSwept = prometheus.NewCounter(prometheus.CounterOpts{Name: "flashgate_stock_transfers_swept_total", Help: "Orphaned stock transfers landed by the sweeper."})
-	m.unknownSettled = prometheus.NewCounter(prometheus.CounterOpts{Name: "flashgate_unknown_outcomes_settled_total", Help: "Claims answered 503 whose script had granted; the grant was recorded afterwards."})
-	m.unknownDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "flashgate_unknown_outcomes_dropped_total", Help: "Claims of unknown outcome not queued for settlement (queue full)."})
-	m.reg.MustRegister(m.unknownSettled, m.unknownDropped)
+	m.grantsSettled = prometheus.NewCounter(prometheus.CounterOpts{Name: "flashgate_grants_settled_total", Help: "Grants decided in Redis whose handler did not make them durable (append failed, reply lost, process died), appended to the ledger by the settler."})
+	m.grantsHeld = prometheus.NewGauge(prometheus.GaugeOpts{Name: "flashgate_grants_held", Help: "Unsettled grants of other nodes seen in the last settlement pass: held until their node (or a replacement on its data dir) settles them."})
+	m.marksDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "flashgate_settle_marks_dropped_total", Help: "Settled grants whose unsettled field was not deleted at once (queue full or Redis error); the settler deletes it later."})
+	m.reg.MustRegister(m.grantsSettled, m.grantsHeld, m.marksDropped)
 	m.riskBlocked = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flashgate_risk_blocked_total", Help: "Claims refused by the blacklist, by entry kind."}, []string{"kind"})
 	m.riskRateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flashgate_risk_rate_limited_total", Help: "Claims refused by a limit, by rule."}, []string{"rule"})
 	m.riskShadow = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flashgate_risk_shadow_would_block_total", Help: "Claims a shadow rule would have refused, by rule."}, []string{"rule"})

@@ -266,24 +266,31 @@ func (g *Gateway) adminCampaignGrants(ctx *fasthttp.RequestCtx, id string) {
 
 // AuditRow is one campaign's figures from every place a grant is counted.
 type AuditRow struct {
-	Campaign        string   `json:"campaign"`
-	Stock           int64    `json:"stock"`
-	Units           int64    `json:"units"` // stock capped by the budget: what the shards started with
-	PerUserLimit    int      `json:"per_user_limit"`
-	RedisGranted    int64    `json:"redis_granted"`
-	RedisRemaining  int64    `json:"redis_remaining"`
-	Ledger          int64    `json:"ledger"`
-	Stream          int64    `json:"stream"` // ledger grants JetStream acknowledged (relay cursor)
-	Store           int64    `json:"store"`
-	StoreMaxPerUser int64    `json:"store_max_per_user"`
-	MissingInStore  int64    `json:"missing_in_store"`
-	ExtraInStore    int64    `json:"extra_in_store"`
-	Violations      []string `json:"violations,omitempty"`
+	Campaign        string `json:"campaign"`
+	Stock           int64  `json:"stock"`
+	Units           int64  `json:"units"` // stock capped by the budget: what the shards started with
+	PerUserLimit    int    `json:"per_user_limit"`
+	RedisGranted    int64  `json:"redis_granted"`
+	RedisRemaining  int64  `json:"redis_remaining"`
+	Ledger          int64  `json:"ledger"`
+	Stream          int64  `json:"stream"` // ledger grants JetStream acknowledged (relay cursor)
+	Store           int64  `json:"store"`
+	StoreMaxPerUser int64  `json:"store_max_per_user"`
+	// Unsettled grants are decided in Redis but not yet marked as held by
+	// their node's synced ledger; Held are those of nodes outside this audit
+	// (down, or not audited): neither lost nor returned, waiting for their
+	// node or a replacement on its data dir.
+	Unsettled      int64    `json:"unsettled"`
+	Held           int64    `json:"held"`
+	MissingInStore int64    `json:"missing_in_store"`
+	ExtraInStore   int64    `json:"extra_in_store"`
+	Violations     []string `json:"violations,omitempty"`
 }
 
 // AuditReport is the whole audit.
 type AuditReport struct {
 	Node         string     `json:"node"`
+	Ledgers      []string   `json:"ledgers"` // identities of the ledgers audited`
 	RelayBacklog uint64     `json:"relay_backlog"`
 	Campaigns    []AuditRow `json:"campaigns"`
 	Violations   int        `json:"violations"`
@@ -292,26 +299,46 @@ type AuditReport struct {
 // Audit compares, per campaign, Redis counters, this gateway's ledger, the
 // stream and the store, and names every violation of I1, I2, I5 and I6.
 // It assumes this gateway's ledger is the only one (one node); with several
-// nodes the store rows of other nodes are not in this ledger and are skipped.
-func (g *Gateway) Audit(ctx context.Context) (AuditReport, error) {
+// nodes, audit them together with AuditLedgers.
+func (g *Gateway) Audit(ctx context.Context) (AuditReport, error) { return g.AuditLedgers(ctx, nil) }
+
+// AuditLedgers audits this gateway's ledger together with others (the
+// ledgers of stopped gateways of the same fleet): the union of their grants
+// is compared with Redis and the store.
+func (g *Gateway) AuditLedgers(ctx context.Context, others []*ledger.Ledger) (AuditReport, error) {
 	rep := AuditReport{Node: g.NodeID(), RelayBacklog: g.relay.Backlog()}
 	ledgerIDs := map[string]map[string]bool{}
 	acked := map[string]int64{} // grants JetStream acknowledged (seq ≤ relay cursor)
-	relayed := g.relay.Cursor()
-	err := g.ledger.Scan(0, ^uint64(0), func(r *ledger.Record) error {
-		if r.Seq <= relayed {
-			acked[r.Campaign]++
+	audited := map[string]bool{}
+	for i, l := range append([]*ledger.Ledger{g.ledger}, others...) {
+		relayed := g.relay.Cursor()
+		if i > 0 {
+			c, err := l.Cursor(relay.CursorName)
+			if err != nil {
+				return rep, err
+			}
+			relayed = c
 		}
-		m := ledgerIDs[r.Campaign]
-		if m == nil {
-			m = map[string]bool{}
-			ledgerIDs[r.Campaign] = m
+		audited[l.ID()] = true
+		rep.Ledgers = append(rep.Ledgers, l.ID())
+		err := l.Scan(0, ^uint64(0), func(r *ledger.Record) error {
+			m := ledgerIDs[r.Campaign]
+			if m == nil {
+				m = map[string]bool{}
+				ledgerIDs[r.Campaign] = m
+			}
+			if m[r.GrantID] {
+				return fmt.Errorf("audit: grant %s is in two ledgers", r.GrantID)
+			}
+			if r.Seq <= relayed {
+				acked[r.Campaign]++
+			}
+			m[r.GrantID] = true
+			return nil
+		})
+		if err != nil {
+			return rep, err
 		}
-		m[r.GrantID] = true
-		return nil
-	})
-	if err != nil {
-		return rep, err
 	}
 	counts, err := g.store.Counts(ctx)
 	if err != nil {
@@ -323,10 +350,26 @@ func (g *Gateway) Audit(ctx context.Context) (AuditReport, error) {
 	for _, c := range list {
 		row := AuditRow{Campaign: c.ID, Stock: c.Stock, Units: c.Units(), PerUserLimit: c.PerUserLimit, Ledger: int64(len(ledgerIDs[c.ID])),
 			Stream: acked[c.ID], StoreMaxPerUser: counts[c.ID].MaxPerUser}
+		var mineUnsettled int64 // unsettled grants of audited nodes, not in their ledgers
 		if st != nil {
 			if cnt, err := st.Count(ctx, c.ID, c.Shards); err == nil {
 				row.RedisGranted, row.RedisRemaining = cnt.Granted, cnt.Remaining
 			} else {
+				row.Violations = append(row.Violations, "redis unreadable: "+err.Error())
+			}
+			err := st.ScanUnsettled(ctx, c.ID, c.Shards, func(u stock.Unsettled) error {
+				if ledgerIDs[c.ID][u.GrantID] {
+					return nil // durable, its mark not yet applied
+				}
+				row.Unsettled++
+				if audited[u.Node] {
+					mineUnsettled++
+				} else {
+					row.Held++
+				}
+				return nil
+			})
+			if err != nil {
 				row.Violations = append(row.Violations, "redis unreadable: "+err.Error())
 			}
 		}
@@ -359,10 +402,13 @@ func (g *Gateway) Audit(ctx context.Context) (AuditReport, error) {
 			bad("I5 %d ledger grants missing from the store", row.MissingInStore)
 		}
 		if row.ExtraInStore > 0 {
-			bad("I5/I6 %d store grants not in this ledger", row.ExtraInStore)
+			bad("I5/I6 %d store grants not in the audited ledgers", row.ExtraInStore)
 		}
-		if st != nil && row.RedisGranted != row.Ledger {
-			bad("I6 redis counts %d grants, ledger %d", row.RedisGranted, row.Ledger)
+		if mineUnsettled > 0 {
+			bad("I6 %d grants decided in Redis for an audited node are not yet in its ledger (settling)", mineUnsettled)
+		}
+		if st != nil && row.RedisGranted != row.Ledger+row.Unsettled {
+			bad("I6 redis counts %d grants, ledgers %d + unsettled %d", row.RedisGranted, row.Ledger, row.Unsettled)
 		}
 		if st != nil && row.RedisGranted+row.RedisRemaining != units {
 			bad("I6 redis granted %d + remaining %d ≠ units %d", row.RedisGranted, row.RedisRemaining, units)
@@ -397,7 +443,9 @@ func (g *Gateway) Relay() *relay.Relay { return g.relay }
 
 // AuditOffline audits a stopped gateway from its data directory: it connects
 // to Redis itself, loads the campaigns, and runs Audit without serving.
-func (g *Gateway) AuditOffline(ctx context.Context) (AuditReport, error) {
+// others are the ledgers of other stopped gateways of the fleet, audited
+// together with this one.
+func (g *Gateway) AuditOffline(ctx context.Context, others ...*ledger.Ledger) (AuditReport, error) {
 	c, err := NewRedisClient(g.cfg.Redis)
 	if err != nil {
 		return AuditReport{}, fmt.Errorf("audit: redis: %w", err)
@@ -412,7 +460,7 @@ func (g *Gateway) AuditOffline(ctx context.Context) (AuditReport, error) {
 	if err := g.reg.WaitReady(rctx); err != nil {
 		return AuditReport{}, err
 	}
-	return g.Audit(ctx)
+	return g.AuditLedgers(ctx, others)
 }
 
 // SinkOnly runs the sink (and nothing else) until ctx ends: `flashgate sink`.

@@ -17,6 +17,7 @@
 //	'g' grantID            -> encoded Record        (one per grant, never rewritten)
 //	'o' seq (8 bytes, BE)  -> grantID               (append order: the outbox)
 //	'c' name               -> seq (8 bytes, BE)     (a reader's cursor, e.g. the relay's)
+//	'm' "id"               -> 16 hex characters     (the ledger's identity, identity.go)
 //
 // Sequence numbers are assigned at append time from a counter recovered on
 // Open from the last 'o' key. Commits of concurrent appends may become
@@ -107,6 +108,7 @@ type Ledger struct {
 	slots  chan struct{}
 	seq    atomic.Uint64 // last assigned
 	closed atomic.Bool
+	id     string // identity.go
 
 	mu       sync.Mutex
 	inflight map[string]*pendingAppend // grant id -> append in progress
@@ -156,6 +158,10 @@ func Open(opts Options) (*Ledger, error) {
 		return nil, err
 	}
 	l.seq.Store(last)
+	if err := l.loadID(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
 	return l, nil
 }
 

@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -33,7 +34,8 @@ const usage = `flashgate — a gateway for flash-coupon drops
 Usage:
   flashgate serve --config FILE [--check-config] [--demo]   run the gateway
   flashgate sink --config FILE                              run the sink alone (stream → store; needs nats.url)
-  flashgate audit --config FILE [--json]                    check I1, I2, I5, I6 per campaign; exit 1 on a violation
+  flashgate audit --config FILE [--json] [--with-data-dir DIR]...
+                                                            check I1, I2, I5, I6 per campaign; exit 1 on a violation
   flashgate ledger dump --data-dir DIR                      print every grant in a ledger, one JSON object a line
   flashgate token --secret S --sub USER [--ttl D]           mint an HS256 token (development)
 
@@ -165,10 +167,7 @@ func ledgerDump(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "flashgate ledger dump: --data-dir is required")
 		return 2
 	}
-	path := *dir
-	if st, err := os.Stat(filepath.Join(path, "ledger")); err == nil && st.IsDir() {
-		path = filepath.Join(path, "ledger")
-	}
+	path := ledgerDir(*dir)
 	if _, err := os.Stat(path); err != nil {
 		fmt.Fprintf(stderr, "flashgate ledger dump: %v\n", err)
 		return 1
@@ -253,6 +252,8 @@ func auditCmd(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "the gateway's YAML configuration")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
+	var others dirList
+	fs.Var(&others, "with-data-dir", "also audit this stopped gateway's ledger (repeatable): a fleet's ledgers are audited together, offline")
 	if err := fs.Parse(args); err != nil {
 		return usageExit(err)
 	}
@@ -260,7 +261,7 @@ func auditCmd(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return 1
 	}
-	rep, source, err := fetchAudit(cfg, stderr)
+	rep, source, err := fetchAudit(cfg, others, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "flashgate audit: %v\n", err)
 		return 1
@@ -280,7 +281,7 @@ func auditCmd(args []string, stdout, stderr io.Writer) int {
 
 // fetchAudit asks the running gateway (admin API), or audits its data
 // directory when it is stopped.
-func fetchAudit(cfg gateway.Config, stderr io.Writer) (gateway.AuditReport, string, error) {
+func fetchAudit(cfg gateway.Config, others []string, stderr io.Writer) (gateway.AuditReport, string, error) {
 	var rep gateway.AuditReport
 	var token string
 	for tok, role := range cfg.Admin.Tokens {
@@ -288,7 +289,7 @@ func fetchAudit(cfg gateway.Config, stderr io.Writer) (gateway.AuditReport, stri
 			token = tok
 		}
 	}
-	if token != "" {
+	if token != "" && len(others) == 0 {
 		req, _ := http.NewRequest("GET", "http://"+cfg.AdminAddr+"/admin/v1/audit", nil)
 		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := (&http.Client{Timeout: 90 * time.Second}).Do(req)
@@ -311,17 +312,40 @@ func fetchAudit(cfg gateway.Config, stderr io.Writer) (gateway.AuditReport, stri
 		return rep, "", fmt.Errorf("gateway not answering at %s and its data dir cannot be opened: %w", cfg.AdminAddr, err)
 	}
 	defer g.Close()
-	rep, err = g.AuditOffline(ctx)
-	return rep, "data directory " + cfg.DataDir, err
+	var ledgers []*ledger.Ledger
+	for _, dir := range others {
+		l, err := ledger.Open(ledger.Options{Dir: ledgerDir(dir), ReadOnly: true, Logger: log})
+		if err != nil {
+			return rep, "", fmt.Errorf("ledger of %s (is that gateway still running?): %w", dir, err)
+		}
+		defer l.Close()
+		ledgers = append(ledgers, l)
+	}
+	rep, err = g.AuditOffline(ctx, ledgers...)
+	return rep, "data directories " + strings.Join(append([]string{cfg.DataDir}, others...), ", "), err
+}
+
+// dirList is a repeatable flag.
+type dirList []string
+
+func (d *dirList) String() string     { return strings.Join(*d, ",") }
+func (d *dirList) Set(v string) error { *d = append(*d, v); return nil }
+
+// ledgerDir accepts a gateway's data_dir or its ledger/ subdirectory.
+func ledgerDir(dir string) string {
+	if st, err := os.Stat(filepath.Join(dir, "ledger")); err == nil && st.IsDir() {
+		return filepath.Join(dir, "ledger")
+	}
+	return dir
 }
 
 func printAudit(w io.Writer, rep gateway.AuditReport, source string) {
-	fmt.Fprintf(w, "audit of node %s (%s); relay backlog %d\n\n", rep.Node, source, rep.RelayBacklog)
+	fmt.Fprintf(w, "audit of node %s (%s); ledgers %s; relay backlog %d\n\n", rep.Node, source, strings.Join(rep.Ledgers, " "), rep.RelayBacklog)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "campaign\tstock\tredis granted\tredis remaining\tledger\tstream\tstore\tmissing in store\textra in store\tmax/user\t")
+	fmt.Fprintln(tw, "campaign\tstock\tredis granted\tredis remaining\tunsettled\theld\tledger\tstream\tstore\tmissing in store\textra in store\tmax/user\t")
 	for _, r := range rep.Campaigns {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d/%d\t\n", r.Campaign, r.Stock, r.RedisGranted, r.RedisRemaining,
-			r.Ledger, r.Stream, r.Store, r.MissingInStore, r.ExtraInStore, r.StoreMaxPerUser, r.PerUserLimit)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d/%d\t\n", r.Campaign, r.Stock, r.RedisGranted, r.RedisRemaining,
+			r.Unsettled, r.Held, r.Ledger, r.Stream, r.Store, r.MissingInStore, r.ExtraInStore, r.StoreMaxPerUser, r.PerUserLimit)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)

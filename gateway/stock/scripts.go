@@ -21,17 +21,25 @@ const (
 //
 //	1 stock   2 granted   3 user's grant set   4 attempt record   5 incoming-transfer marker
 //	6 eligibility: the shard's audience set (targeted) or the codes hash (code)
+//	7 the shard's unsettled-grant hash
 //
 // ARGV: 1 grant id   2 per-user limit   3 attempt TTL seconds   4 transfer amount (0 = none)
 //
 //	5 audience mode: "" public | "t" targeted | "c" code   6 the user (t) or the code (c)
+//	7 attempt record value ("<grant id>|<node>|<valid from>|<valid until>")
+//	8 unsettled-grant value ("<node>|<encoded ledger record>")
 //
 // Order: credit a transfer → replay of this attempt → eligibility → per-user
-// limit → stock; a code is marked used by the grant in the same step.
+// limit → stock; a code is marked used by the grant in the same step, and the
+// grant's facts are recorded as unsettled for its node (see package comment).
 //
 // With ARGV[4] > 0 the script first credits a transfer taken from a donor
 // shard, once per marker key (KEYS[5], SET NX): a re-run after a lost reply
 // does not credit twice.
+//
+// A replay answers {5, attempt value, unsettled value or false}: the caller
+// learns which node decided the grant and whether that node's ledger is
+// known to hold it yet.
 var claimScript = rueidis.NewLuaScript(`
 local stock = redis.call('GET', KEYS[1])
 if not stock then return {4} end
@@ -42,7 +50,10 @@ if amount > 0 then
   end
 end
 local prior = redis.call('GET', KEYS[4])
-if prior then return {5, prior} end
+if prior then
+  local gid = string.match(prior, '^[^|]*')
+  return {5, prior, redis.call('HGET', KEYS[7], gid)}
+end
 local mode = ARGV[5]
 if mode == 't' then
   if redis.call('SISMEMBER', KEYS[6], ARGV[6]) == 0 then return {9, 'not in the audience'} end
@@ -59,16 +70,31 @@ if stock <= 0 then return {3, 0} end
 redis.call('DECR', KEYS[1])
 redis.call('INCR', KEYS[2])
 redis.call('SADD', KEYS[3], ARGV[1])
-redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[3])
+redis.call('SET', KEYS[4], ARGV[7], 'EX', ARGV[3])
+redis.call('HSET', KEYS[7], ARGV[1], ARGV[8])
 if mode == 'c' then redis.call('HSET', KEYS[6], ARGV[6], ARGV[1]) end
 return {1, ARGV[1], stock - 1}
 `)
 
+// attemptScript reads an attempt record and, when it names a grant, that
+// grant's unsettled value. KEYS: 1 attempt record  2 unsettled hash.
+// Reply: {5, attempt value, unsettled value or false} or {0}.
+var attemptScript = rueidis.NewLuaScriptReadOnly(`
+local prior = redis.call('GET', KEYS[1])
+if not prior then return {0} end
+local gid = string.match(prior, '^[^|]*')
+return {5, prior, redis.call('HGET', KEYS[2], gid)}
+`)
+
 // takeScript moves up to ARGV[2] units out of a donor shard into a pending
 // transfer record, atomically. KEYS: 1 stock   2 pending transfers (hash)
+// 3 the transfer's finished-tombstone.
 // ARGV: 1 transfer id   2 amount wanted   3 recipient shard   4 now (unix ms)
-// Re-running it with the same transfer id returns the first answer.
+// Re-running it with the same transfer id returns the first answer; a run
+// that arrives after the transfer finished (a late duplicate) takes nothing
+// and answers {6, 0}.
 var takeScript = rueidis.NewLuaScript(`
+if redis.call('EXISTS', KEYS[3]) == 1 then return {6, 0} end
 local prior = redis.call('HGET', KEYS[2], ARGV[1])
 if prior then
   local k = string.match(prior, '^%d+:(%d+):')
@@ -82,6 +108,16 @@ local k = math.min(s, tonumber(ARGV[2]))
 redis.call('DECRBY', KEYS[1], k)
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3] .. ':' .. k .. ':' .. ARGV[4])
 return {6, k}
+`)
+
+// finishScript ends a credited transfer on its donor: the pending record is
+// deleted and a tombstone (TTL 7 days, as long as the credit marker) stops
+// any late duplicate of its take. KEYS: 1 pending transfers  2 tombstone.
+// ARGV: 1 transfer id.
+var finishScript = rueidis.NewLuaScript(`
+redis.call('SET', KEYS[2], '1', 'EX', 604800)
+redis.call('HDEL', KEYS[1], ARGV[1])
+return {8}
 `)
 
 // creditScript lands a pending transfer on its recipient without claiming
@@ -117,7 +153,8 @@ return {7, 0}
 `)
 
 // shardScript reads one shard consistently: {stock (-1 if missing), granted,
-// units in pending outgoing transfers}. KEYS: 1 stock  2 granted  3 transfers.
+// units in pending outgoing transfers, unsettled grants}.
+// KEYS: 1 stock  2 granted  3 transfers  4 unsettled grants.
 var shardScript = rueidis.NewLuaScriptReadOnly(`
 local s = redis.call('GET', KEYS[1])
 if not s then s = -1 end
@@ -127,5 +164,5 @@ for _, rec in ipairs(redis.call('HVALS', KEYS[3])) do
   local k = string.match(rec, '^%d+:(%d+):')
   if k then pending = pending + tonumber(k) end
 end
-return {tonumber(s), tonumber(g), pending}
+return {tonumber(s), tonumber(g), pending, redis.call('HLEN', KEYS[4])}
 `)

@@ -10,9 +10,14 @@
 //	fg:{c.s}:stock              remaining units on the shard (missing = not initialised)
 //	fg:{c.s}:granted            grants made on the shard
 //	fg:{c.s}:u:<user>           SET of the user's grant ids   (only on the user's home shard)
-//	fg:{c.s}:a:<user>:<attempt> grant id of one claim attempt (TTL; the idempotency record)
+//	fg:{c.s}:a:<n>:<user>:<attempt>  the idempotency record of one claim attempt (TTL):
+//	                            "<grant id>|<node>|<valid from>|<valid until>"; n = len(user),
+//	                            so a user id containing ':' cannot name another user's attempt
+//	fg:{c.s}:unsettled          HASH grant id -> "<node>|<encoded ledger record>": grants decided
+//	                            here that their node has not yet marked as held by its synced ledger
 //	fg:{c.s}:xfer               HASH transfer id -> "<recipient>:<units>:<unix ms>" (pending, on the donor)
 //	fg:{c.s}:xin:<transfer id>  marker "credited" on the recipient (TTL 7 days)
+//	fg:{c.s}:xdone:<transfer id> tombstone of a finished transfer on the donor (TTL 7 days)
 //	fg:{c.s}:aud                SET of targeted users whose home shard is s
 //	fg:{c.0}:codes              HASH code -> "" (unused) | grant id (code campaigns have one shard)
 //
@@ -25,6 +30,26 @@
 // of a user's grants live in one slot, I2 holds across any number of gateways.
 // Stock never goes below zero on any shard (I1).
 //
+// # Every grant settled: the unsettled hash (I3, I4, I6)
+//
+// A grant is decided here, in Redis, and made durable afterwards, in the
+// ledger of the gateway ("node") that ran the script. A node can die, or its
+// disk can fail, between the two. So the claim script records, in the same
+// atomic step that grants, the grant's full ledger record in the shard's
+// unsettled hash, tagged with the node. The node deletes the field (in
+// batches, Settle) only after its ledger append has returned, i.e. after the
+// record is synced. Whatever is still in the hash is therefore a grant that
+// may not be in any ledger yet; its node, and only its node, settles it by
+// appending the recorded facts (idempotent by grant id) and then deleting the
+// field. A node id names a ledger (it is stored inside it), so a replacement
+// gateway started on a dead gateway's data dir settles that gateway's grants,
+// and a node that stays down leaves its grants held: never returned to stock
+// (its disk may hold them) and never lost (their facts are here).
+//
+// A replay of an attempt answers the grant only once it is settled, or, on
+// the node that decided it, after appending it; another node answers
+// "unavailable" meanwhile and never writes a second record of the grant.
+//
 // # No false sold-out (I3): stealing one unit at a time
 //
 // When the home shard is empty, the gateway surveys every shard (stock and
@@ -34,14 +59,16 @@
 //  1. takeScript on the donor: stock -1 and a pending transfer record, atomically;
 //  2. claimScript on the home shard with amount=1: credit the unit once (marker
 //     key set NX, so a re-run cannot credit twice) and claim it for this user;
-//  3. HDEL of the transfer record on the donor.
+//  3. finishScript on the donor: the pending record is deleted and a tombstone
+//     set, so a late duplicate of step 1 (a re-sent take that arrives after
+//     step 3) takes nothing. Step 3 runs only after step 2 credited the unit.
 //
 // A unit is always either on a shard or in exactly one pending record, so
 // stock is conserved; the stealer claims the unit it moved in the same script
 // that credits it, so moved stock does not rest where a survey might miss it.
 // A gateway that dies between 1 and 3 leaves a pending record; Sweep (run
 // periodically by every gateway) credits records older than transferOrphanAge
-// to their recipient (idempotent through the marker) and deletes them.
+// to their recipient (idempotent through the marker) and finishes them.
 // Markers live 7 days and Sweep refuses records older than 6 days, so a marker
 // always outlives the record it guards.
 //
@@ -128,6 +155,58 @@ type Claim struct {
 	// the redemption code for AudienceCode.
 	Audience string
 	Code     string
+	// Node names the ledger that will hold the grant; Facts is the grant's
+	// encoded ledger record, kept unsettled until Node's ledger holds it.
+	Node  string
+	Facts string
+	// ValidFrom and ValidUntil (unix seconds, 0 = unbounded) are kept in the
+	// attempt record so that a replay answers the original window.
+	ValidFrom, ValidUntil int64
+}
+
+// Attempt is what an attempt record says about a grant made by that attempt.
+type Attempt struct {
+	GrantID               string
+	Node                  string // the node that decided the grant
+	ValidFrom, ValidUntil int64
+	// Unsettled: the grant is still in the unsettled hash; Facts is its
+	// encoded ledger record. Settled grants are in Node's synced ledger.
+	Unsettled bool
+	Facts     string
+}
+
+// attemptFieldLenMax bounds the id fields of an attempt record value.
+const attemptFieldLenMax = 256
+
+// EncodeAttempt is the attempt record's value.
+func EncodeAttempt(grantID, node string, from, until int64) string {
+	return grantID + "|" + node + "|" + strconv.FormatInt(from, 10) + "|" + strconv.FormatInt(until, 10)
+}
+
+// ParseAttempt decodes an attempt record's value; it never panics.
+func ParseAttempt(v string) (Attempt, error) {
+	parts := strings.Split(v, "|")
+	if len(parts) != 4 {
+		return Attempt{}, fmt.Errorf("stock: attempt record has %d fields, want 4", len(parts))
+	}
+	from, err1 := strconv.ParseInt(parts[2], 10, 64)
+	until, err2 := strconv.ParseInt(parts[3], 10, 64)
+	if err1 != nil || err2 != nil || parts[0] == "" || parts[1] == "" || len(parts[0]) > attemptFieldLenMax || len(parts[1]) > attemptFieldLenMax {
+		return Attempt{}, fmt.Errorf("stock: malformed attempt record %q", v)
+	}
+	return Attempt{GrantID: parts[0], Node: parts[1], ValidFrom: from, ValidUntil: until}, nil
+}
+
+// EncodeUnsettled is an unsettled-hash value.
+func EncodeUnsettled(node, facts string) string { return node + "|" + facts }
+
+// ParseUnsettled splits an unsettled-hash value; it never panics.
+func ParseUnsettled(v string) (node, facts string, err error) {
+	i := strings.IndexByte(v, '|')
+	if i <= 0 || i > attemptFieldLenMax {
+		return "", "", fmt.Errorf("stock: malformed unsettled grant (%d bytes)", len(v))
+	}
+	return v[:i], v[i+1:], nil
 }
 
 // Result of a claim.
@@ -135,6 +214,7 @@ type Result struct {
 	Outcome  Outcome
 	GrantID  string   // Granted
 	Replay   bool     // Granted: the attempt had granted before; GrantID is that grant
+	Prior    Attempt  // Replay: what the attempt record says
 	Shard    int      // shard the grant was recorded on (the user's home)
 	GrantIDs []string // AlreadyClaimed: the user's grants
 	Reason   string   // NotEligible: why
@@ -168,6 +248,19 @@ func UserKey(campaign string, shard int, user string) string {
 func xferKey(campaign string, shard int) string { return tag(campaign, shard) + "xfer" }
 func xinKey(campaign string, shard int, id string) string {
 	return tag(campaign, shard) + "xin:" + id
+}
+func xdoneKey(campaign string, shard int, id string) string {
+	return tag(campaign, shard) + "xdone:" + id
+}
+
+// UnsettledKey is a shard's hash of grants not yet settled by their node.
+func UnsettledKey(campaign string, shard int) string { return tag(campaign, shard) + "unsettled" }
+
+// attemptKey is an attempt's idempotency record. The user id is length
+// prefixed: user "shop" with key "42:k" and user "shop:42" with key "k" are
+// different records.
+func attemptKey(campaign string, shard int, user, attempt string) string {
+	return tag(campaign, shard) + "a:" + strconv.Itoa(len(user)) + ":" + user + ":" + attempt
 }
 
 // Split returns the initial units of each shard: stock divided as evenly as
@@ -237,7 +330,7 @@ func claimKeys(c *Claim, home int, xferID string) []string {
 	if c.Audience == AudienceCode {
 		elig = t + "codes"
 	}
-	return []string{t + "stock", t + "granted", t + "u:" + c.User, t + "a:" + c.User + ":" + c.AttemptKey, t + "xin:" + xferID, elig}
+	return []string{t + "stock", t + "granted", t + "u:" + c.User, attemptKey(c.Campaign, home, c.User, c.AttemptKey), t + "xin:" + xferID, elig, t + "unsettled"}
 }
 
 func claimArgs(c *Claim, amount int64) []string {
@@ -245,7 +338,8 @@ func claimArgs(c *Claim, amount int64) []string {
 	if c.Audience == AudienceCode {
 		subject = c.Code
 	}
-	return []string{c.GrantID, strconv.Itoa(c.PerUserLimit), ttlArg(c.AttemptTTL), strconv.FormatInt(amount, 10), c.Audience, subject}
+	return []string{c.GrantID, strconv.Itoa(c.PerUserLimit), ttlArg(c.AttemptTTL), strconv.FormatInt(amount, 10), c.Audience, subject,
+		EncodeAttempt(c.GrantID, c.Node, c.ValidFrom, c.ValidUntil), EncodeUnsettled(c.Node, c.Facts)}
 }
 
 // AudienceKey is the targeted-audience set of a shard.
@@ -298,22 +392,18 @@ func (s *Store) steal(ctx context.Context, c *Claim, home int) (Result, error) {
 		}
 		zeroSurveys = 0
 		xferID := newID()
-		took, err := s.run(ctx, takeScript, []string{StockKey(c.Campaign, donor), xferKey(c.Campaign, donor)},
+		took, err := s.run(ctx, takeScript, []string{StockKey(c.Campaign, donor), xferKey(c.Campaign, donor), xdoneKey(c.Campaign, donor, xferID)},
 			[]string{xferID, "1", strconv.Itoa(home), strconv.FormatInt(time.Now().UnixMilli(), 10)})
 		if err != nil {
 			return Result{}, err
 		}
-		if took.status != replyTaken {
+		if took.status != replyTaken || took.n == 0 {
 			continue // someone else emptied the donor first
 		}
-		keys := claimKeys(c, home, xferID)
-		r, err := s.run(ctx, claimScript, keys, claimArgs(c, took.n))
+		r, err := s.land(ctx, c, home, donor, xferID, took.n)
 		if err != nil {
-			return Result{}, err // transfer stays pending; Sweep lands it
+			return Result{}, err
 		}
-		// The unit is credited; the pending record can go. If this fails the
-		// sweeper finishes it (idempotent through the marker).
-		_ = s.c.Do(ctx, s.c.B().Hdel().Key(xferKey(c.Campaign, donor)).Field(xferID).Build()).Error()
 		if r.status == replyEmpty {
 			continue
 		}
@@ -323,10 +413,31 @@ func (s *Store) steal(ctx context.Context, c *Claim, home int) (Result, error) {
 	return Result{}, fmt.Errorf("%w: lost %d steal rounds", ErrUnavailable, stealRoundsMax)
 }
 
+// land credits a taken transfer to the home shard and claims in the same
+// script, then finishes the transfer on the donor — only once the credit is
+// certain. An error leaves the transfer pending (Sweep lands it).
+func (s *Store) land(ctx context.Context, c *Claim, home, donor int, xferID string, units int64) (reply, error) {
+	r, err := s.run(ctx, claimScript, claimKeys(c, home, xferID), claimArgs(c, units))
+	if err != nil {
+		return r, err
+	}
+	if r.status == replyNotInit {
+		// Not credited (the home shard lost its key): the transfer stays
+		// pending, its unit accounted for, never dropped.
+		return r, ErrNotInitialized
+	}
+	// Credited: the pending record can go. If this fails the sweeper
+	// finishes it (idempotent through the credit marker).
+	_, _ = s.run(ctx, finishScript, []string{xferKey(c.Campaign, donor), xdoneKey(c.Campaign, donor, xferID)}, []string{xferID})
+	return r, nil
+}
+
 type surveyResult struct {
 	stock   []int64
 	granted int64
 	pending int64 // units in pending transfers, all shards
+	// unsettled grants (counted in granted) not yet marked as in a ledger
+	unsettled int64
 }
 
 // survey reads every shard, each one atomically (shardScript); the shards
@@ -339,13 +450,13 @@ func (s *Store) survey(ctx context.Context, campaign string, shards int) (survey
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res[i] = shardScript.Exec(ctx, s.c, []string{StockKey(campaign, i), GrantedKey(campaign, i), xferKey(campaign, i)}, nil)
+			res[i] = shardScript.Exec(ctx, s.c, []string{StockKey(campaign, i), GrantedKey(campaign, i), xferKey(campaign, i), UnsettledKey(campaign, i)}, nil)
 		}()
 	}
 	wg.Wait()
 	for i, r := range res {
 		v, err := r.AsIntSlice()
-		if err != nil || len(v) != 3 {
+		if err != nil || len(v) != 4 {
 			return sv, fmt.Errorf("%w: shard %d: %v", ErrUnavailable, i, err)
 		}
 		if v[0] < 0 {
@@ -354,6 +465,7 @@ func (s *Store) survey(ctx context.Context, campaign string, shards int) (survey
 		sv.stock[i] = v[0]
 		sv.granted += v[1]
 		sv.pending += v[2]
+		sv.unsettled += v[3]
 	}
 	return sv, nil
 }
@@ -391,8 +503,8 @@ func (s *Store) Sweep(ctx context.Context, campaign string, shards int, now time
 			if r.status != replyCredited {
 				continue
 			}
-			if err := s.c.Do(ctx, s.c.B().Hdel().Key(xferKey(campaign, donor)).Field(id).Build()).Error(); err != nil {
-				return done, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			if _, err := s.run(ctx, finishScript, []string{xferKey(campaign, donor), xdoneKey(campaign, donor, id)}, []string{id}); err != nil {
+				return done, err
 			}
 			done++
 		}
@@ -406,6 +518,10 @@ type Counts struct {
 	Granted   int64   // sum of per-shard grant counters
 	Shards    []int64 // remaining per shard
 	Pending   int64
+	// Unsettled grants are counted in Granted; their node has not yet
+	// marked them as held by its synced ledger (in flight, or held by a
+	// node that is down: see package comment).
+	Unsettled int64
 }
 
 // Count reads the campaign's counters, each shard atomically.
@@ -414,7 +530,7 @@ func (s *Store) Count(ctx context.Context, campaign string, shards int) (Counts,
 	if err != nil {
 		return Counts{}, err
 	}
-	c := Counts{Shards: sv.stock, Pending: sv.pending, Remaining: sv.pending, Granted: sv.granted}
+	c := Counts{Shards: sv.stock, Pending: sv.pending, Remaining: sv.pending, Granted: sv.granted, Unsettled: sv.unsettled}
 	for _, u := range sv.stock {
 		c.Remaining += u
 	}
@@ -435,6 +551,7 @@ type reply struct {
 	n      int64
 	id     string
 	ids    []string
+	prior  Attempt // replyReplay
 }
 
 func (r reply) result(shard int) (Result, error) {
@@ -445,7 +562,7 @@ func (r reply) result(shard int) (Result, error) {
 		}
 		return Result{Outcome: Granted, GrantID: r.id, Shard: shard}, nil
 	case replyReplay:
-		return Result{Outcome: Granted, GrantID: r.id, Replay: true, Shard: shard}, nil
+		return Result{Outcome: Granted, GrantID: r.prior.GrantID, Replay: true, Prior: r.prior, Shard: shard}, nil
 	case replyAlready:
 		return Result{Outcome: AlreadyClaimed, GrantIDs: r.ids, Shard: shard}, nil
 	case replyEmpty:
@@ -492,7 +609,7 @@ func parseReply(res rueidis.RedisResult) (reply, error) {
 	if r.status, err = arr[0].AsInt64(); err != nil {
 		return r, fmt.Errorf("stock: malformed script status: %w", err)
 	}
-	need := map[int64]int{replyGranted: 3, replyReplay: 2, replyAlready: 2, replyEmpty: 2, replyTaken: 2, replyInitialized: 2, replyNotInit: 1, replyCredited: 1, replyNotEligible: 2}[r.status]
+	need := map[int64]int{replyGranted: 3, replyReplay: 3, replyAlready: 2, replyEmpty: 2, replyTaken: 2, replyInitialized: 2, replyNotInit: 1, replyCredited: 1, replyNotEligible: 2}[r.status]
 	if need == 0 || len(arr) < need {
 		return r, fmt.Errorf("stock: script reply status %d with %d elements", r.status, len(arr))
 	}
@@ -502,7 +619,9 @@ func parseReply(res rueidis.RedisResult) (reply, error) {
 		if err == nil {
 			r.n, err = arr[2].AsInt64()
 		}
-	case replyReplay, replyNotEligible:
+	case replyReplay:
+		r.prior, err = parseReplay(arr[1], arr[2])
+	case replyNotEligible:
 		r.id, err = arr[1].ToString()
 	case replyAlready:
 		r.ids, err = arr[1].AsStrSlice()
@@ -535,18 +654,118 @@ func NewGrantID(now time.Time) string {
 	return hex.EncodeToString(b[:])
 }
 
-// AttemptGrant reads an attempt's idempotency record: the grant id if that
-// attempt granted. Used to settle claims whose outcome was unknown.
-func (s *Store) AttemptGrant(ctx context.Context, campaign string, shards int, user, attemptKey string) (string, bool, error) {
-	key := tag(campaign, HomeShard(user, shards)) + "a:" + user + ":" + attemptKey
-	v, err := s.c.Do(ctx, s.c.B().Get().Key(key).Build()).ToString()
-	if rueidis.IsRedisNil(err) {
-		return "", false, nil
-	}
+// parseReplay decodes {attempt value, unsettled value or nil}.
+func parseReplay(attempt, unsettled rueidis.RedisMessage) (Attempt, error) {
+	v, err := attempt.ToString()
 	if err != nil {
-		return "", false, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return Attempt{}, err
 	}
-	return v, true, nil
+	a, err := ParseAttempt(v)
+	if err != nil {
+		return a, err
+	}
+	if u, err := unsettled.ToString(); err == nil {
+		node, facts, err := ParseUnsettled(u)
+		if err != nil {
+			return a, err
+		}
+		if node != a.Node {
+			return a, fmt.Errorf("stock: grant %s decided by %s is unsettled for %s", a.GrantID, a.Node, node)
+		}
+		a.Unsettled, a.Facts = true, facts
+	}
+	return a, nil
+}
+
+// LookupAttempt reads an attempt's idempotency record: found=false if that
+// attempt never granted (or its record expired).
+func (s *Store) LookupAttempt(ctx context.Context, campaign string, shards int, user, attempt string) (Attempt, bool, error) {
+	home := HomeShard(user, shards)
+	res := attemptScript.Exec(ctx, s.c, []string{attemptKey(campaign, home, user, attempt), UnsettledKey(campaign, home)}, nil)
+	arr, err := res.ToArray()
+	if err != nil {
+		if _, isRedisErr := rueidis.IsRedisErr(err); isRedisErr {
+			return Attempt{}, false, fmt.Errorf("%w: script error: %v", ErrUnavailable, err)
+		}
+		return Attempt{}, false, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if len(arr) == 1 {
+		return Attempt{}, false, nil
+	}
+	if len(arr) != 3 {
+		return Attempt{}, false, fmt.Errorf("stock: attempt reply with %d elements", len(arr))
+	}
+	a, err := parseReplay(arr[1], arr[2])
+	return a, err == nil, err
+}
+
+// Unsettled is a grant decided in Redis that its node has not yet marked as
+// held by its synced ledger.
+type Unsettled struct {
+	Shard   int
+	GrantID string
+	Node    string
+	Facts   string // the encoded ledger record
+}
+
+// unsettledScanCount is the HSCAN page size of ScanUnsettled.
+const unsettledScanCount = 512
+
+// ScanUnsettled calls fn for every unsettled grant of a campaign, shard by
+// shard. A malformed value is reported to fn with Node "" (never skipped).
+func (s *Store) ScanUnsettled(ctx context.Context, campaign string, shards int, fn func(Unsettled) error) error {
+	for sh := 0; sh < shards; sh++ {
+		var cursor uint64
+		for {
+			e, err := s.c.Do(ctx, s.c.B().Hscan().Key(UnsettledKey(campaign, sh)).Cursor(cursor).Count(unsettledScanCount).Build()).AsScanEntry()
+			if err != nil {
+				return fmt.Errorf("%w: %v", ErrUnavailable, err)
+			}
+			for i := 0; i+1 < len(e.Elements); i += 2 {
+				u := Unsettled{Shard: sh, GrantID: e.Elements[i]}
+				u.Node, u.Facts, _ = ParseUnsettled(e.Elements[i+1])
+				if err := fn(u); err != nil {
+					return err
+				}
+			}
+			if e.Cursor == 0 {
+				break
+			}
+			cursor = e.Cursor
+		}
+	}
+	return nil
+}
+
+// Settled is one grant that its node's synced ledger now holds.
+type Settled struct {
+	Campaign string
+	Shard    int
+	GrantID  string
+}
+
+// Settle removes grants from the unsettled hashes: one HDEL per shard,
+// pipelined. Call it only after the ledger append of every grant returned.
+func (s *Store) Settle(ctx context.Context, grants []Settled) error {
+	type key struct {
+		c  string
+		sh int
+	}
+	by := map[key][]string{}
+	for _, g := range grants {
+		k := key{g.Campaign, g.Shard}
+		by[k] = append(by[k], g.GrantID)
+	}
+	cmds := make(rueidis.Commands, 0, len(by))
+	for k, ids := range by {
+		cmds = append(cmds, s.c.B().Hdel().Key(UnsettledKey(k.c, k.sh)).Field(ids...).Build())
+	}
+	for _, r := range s.c.DoMulti(ctx, cmds...) {
+		if err := r.Error(); err != nil {
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+	}
+	return nil
 }
 
 // AddAudience adds users to a targeted campaign, each to its home shard's set

@@ -1,0 +1,191 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/flashgate/flashgate/gateway/stock"
+	"github.com/flashgate/flashgate/ledger"
+)
+
+// Settlement: every grant decided in Redis ends in exactly one synced ledger.
+//
+// The claim script records each grant's ledger record in its shard's
+// unsettled hash, tagged with this gateway's node id (the ledger's identity,
+// ledger.ID). Two goroutines take grants out of it again:
+//
+//   - markSettled deletes the fields of grants whose ledger append returned
+//     (handlers queue them on g.marks after the append; batched per shard).
+//     A full queue or a Redis error leaves a field behind, which the settler
+//     then finds in the ledger: marks are an optimisation, never a promise.
+//   - settleUnsettled scans the hashes of every campaign. For each grant of
+//     this node older than settleAgeMin (its handler has given up on it: the
+//     append failed, the Redis reply was lost, or the process died) it appends
+//     the recorded facts to the ledger — idempotent by grant id — then
+//     deletes the field. The first pass runs before claims are taken (all
+//     ages: no handler of this process is in flight yet) and claims answer
+//     503 until it has succeeded, so a restarted gateway settles its own
+//     window before taking traffic. Grants of other nodes are counted as
+//     held and left alone: their node, or a replacement started on its data
+//     directory, settles them.
+const (
+	// markQueueMax bounds grants waiting for their unsettled field to be
+	// deleted (about a second of a drop at full speed); past it marks are
+	// dropped and the settler cleans up.
+	markQueueMax = 1 << 16
+	// markBatchMax bounds grants deleted in one pipelined round.
+	markBatchMax = 4096
+	// settleInterval is the settler's period after its first pass.
+	settleInterval = 2 * time.Second
+	// settleFirstRetry is the wait between failed first passes (Redis or the
+	// ledger not reachable yet).
+	settleFirstRetry = 250 * time.Millisecond
+	// settleBatchMax bounds grants appended before their fields are deleted.
+	settleBatchMax = 1024
+	// settlePassTimeout bounds one pass over every campaign.
+	settlePassTimeout = 30 * time.Second
+)
+
+// settleAgeMin is how old a grant of this node must be before the settler
+// takes it over from its handler: longer than any claim deadline.
+func (g *Gateway) settleAgeMin() time.Duration { return g.cfg.Claim.Timeout + time.Second }
+
+// mark queues a grant whose ledger append returned, for its unsettled field
+// to be deleted.
+func (g *Gateway) mark(campaign string, shard uint32, grantID string) {
+	select {
+	case g.marks <- stock.Settled{Campaign: campaign, Shard: int(shard), GrantID: grantID}:
+	default:
+		g.metrics.marksDropped.Inc()
+	}
+}
+
+// markSettled deletes queued grants' unsettled fields in batches. Ends with ctx.
+func (g *Gateway) markSettled(ctx context.Context) {
+	batch := make([]stock.Settled, 0, markBatchMax)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-g.marks:
+			batch = append(batch, m)
+		}
+	fill:
+		for len(batch) < markBatchMax {
+			select {
+			case m := <-g.marks:
+				batch = append(batch, m)
+			default:
+				break fill
+			}
+		}
+		if st := g.stock(); st != nil {
+			sctx, cancel := context.WithTimeout(ctx, time.Second)
+			if err := st.Settle(sctx, batch); err != nil {
+				g.metrics.marksDropped.Add(float64(len(batch)))
+			}
+			cancel()
+		}
+		batch = batch[:0]
+	}
+}
+
+// settleUnsettled runs the settler until ctx ends (see the comment above).
+func (g *Gateway) settleUnsettled(ctx context.Context) {
+	if g.reg.WaitReady(ctx) != nil {
+		return
+	}
+	for !g.settled.Load() {
+		if g.stock() != nil {
+			if err := g.settlePass(ctx, 0); err == nil {
+				g.settled.Store(true)
+				g.log.Info("unsettled grants of this node settled; taking claims", "node", g.ledger.ID())
+				break
+			} else if ctx.Err() == nil {
+				g.log.Warn("first settlement pass failed; claims answer 503 until it succeeds", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(settleFirstRetry):
+		}
+	}
+	t := time.NewTicker(settleInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := g.settlePass(ctx, g.settleAgeMin()); err != nil && ctx.Err() == nil {
+			g.log.Warn("settlement pass failed", "err", err)
+		}
+	}
+}
+
+// settlePass settles this node's unsettled grants older than minAge.
+func (g *Gateway) settlePass(ctx context.Context, minAge time.Duration) error {
+	st := g.stock()
+	if st == nil {
+		return stock.ErrUnavailable
+	}
+	pctx, cancel := context.WithTimeout(ctx, settlePassTimeout)
+	defer cancel()
+	me := g.ledger.ID()
+	cutoff := g.now().Add(-minAge).UnixNano()
+	var held, settled int64
+	done := make([]stock.Settled, 0, settleBatchMax)
+	flush := func() error {
+		if len(done) == 0 {
+			return nil
+		}
+		err := st.Settle(pctx, done)
+		done = done[:0]
+		return err
+	}
+	for _, c := range g.reg.List() {
+		err := st.ScanUnsettled(pctx, c.ID, c.Shards, func(u stock.Unsettled) error {
+			if u.Node != me {
+				held++
+				if u.Node == "" {
+					g.log.Error("malformed unsettled grant left for an operator", "campaign", c.ID, "grant_id", u.GrantID)
+				}
+				return nil
+			}
+			var rec ledger.Record
+			if err := rec.Decode([]byte(u.Facts)); err != nil || rec.GrantID != u.GrantID || rec.Campaign != c.ID {
+				held++
+				g.log.Error("unsettled grant with corrupt facts left for an operator", "campaign", c.ID, "grant_id", u.GrantID, "err", err)
+				return nil
+			}
+			if minAge > 0 && rec.GrantedAtNanos > cutoff {
+				return nil // its handler may still be appending it
+			}
+			rec.Seq = 0
+			if _, err := g.ledger.Append(pctx, &rec); err != nil {
+				return fmt.Errorf("gateway: settle %s: %w", u.GrantID, err)
+			}
+			settled++
+			done = append(done, stock.Settled{Campaign: c.ID, Shard: u.Shard, GrantID: u.GrantID})
+			if len(done) == settleBatchMax {
+				return flush()
+			}
+			return nil
+		})
+		if err == nil {
+			err = flush()
+		}
+		if err != nil {
+			return err
+		}
+	}
+	g.metrics.grantsHeld.Set(float64(held))
+	if settled > 0 {
+		g.metrics.grantsSettled.Add(float64(settled))
+		g.log.Info("settled grants decided in Redis but not yet in this ledger", "count", settled)
+	}
+	return nil
+}
