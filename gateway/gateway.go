@@ -71,21 +71,22 @@ const (
 
 // Gateway is one gateway process's state.
 type Gateway struct {
-	cfg    Config
-	log    *slog.Logger
-	now    func() time.Time
-	ledger *ledger.Ledger
-	stockP atomic.Pointer[stock.Store]
-	redisC atomic.Pointer[rueidis.Client]
-	ns     *server.Server // embedded NATS, nil with nats.url
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	reg    *campaign.Registry
-	store  *store.Store
-	relay  *relay.Relay
-	sink   *sink.Sink
-	pipe   pipelineState
-	risk   *risk
+	cfg        Config
+	ledgerOpts func(*ledger.Options)
+	log        *slog.Logger
+	now        func() time.Time
+	ledger     *ledger.Ledger
+	stockP     atomic.Pointer[stock.Store]
+	redisC     atomic.Pointer[rueidis.Client]
+	ns         *server.Server // embedded NATS, nil with nats.url
+	nc         *nats.Conn
+	js         jetstream.JetStream
+	reg        *campaign.Registry
+	store      *store.Store
+	relay      *relay.Relay
+	sink       *sink.Sink
+	pipe       pipelineState
+	risk       *risk
 	// snapshots carries ids of changed campaigns to saveSnapshots.
 	snapshots chan string
 	verify    *verifier
@@ -108,6 +109,10 @@ type Option func(*Gateway)
 
 // WithClock sets the clock used for campaign windows and tokens.
 func WithClock(now func() time.Time) Option { return func(g *Gateway) { g.now = now } }
+
+// WithLedgerOptions adjusts the ledger's options before it opens (tests:
+// fault-injecting file systems, small in-flight bounds).
+func WithLedgerOptions(f func(*ledger.Options)) Option { return func(g *Gateway) { g.ledgerOpts = f } }
 
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(g *Gateway) { g.log = l } }
@@ -140,7 +145,11 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("gateway: data dir: %w", err)
 	}
-	if g.ledger, err = ledger.Open(ledger.Options{Dir: filepath.Join(cfg.DataDir, "ledger"), Logger: g.log, SyncIntervalMin: cfg.Ledger.SyncIntervalMin}); err != nil {
+	lopts := ledger.Options{Dir: filepath.Join(cfg.DataDir, "ledger"), Logger: g.log, SyncIntervalMin: cfg.Ledger.SyncIntervalMin}
+	if g.ledgerOpts != nil {
+		g.ledgerOpts(&lopts)
+	}
+	if g.ledger, err = ledger.Open(lopts); err != nil {
 		return nil, err
 	}
 	if err := g.openNATS(ctx); err != nil {

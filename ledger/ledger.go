@@ -41,6 +41,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 const (
@@ -74,6 +75,8 @@ type Options struct {
 	// more appends to join it: fewer fsyncs, at most this much more latency.
 	SyncIntervalMin time.Duration
 	Logger          *slog.Logger
+	// FS is the file system (nil = the real one); tests inject faults here.
+	FS vfs.FS
 }
 
 // EnsureDefaults fills unset fields.
@@ -136,6 +139,9 @@ func Open(opts Options) (*Ledger, error) {
 		ReadOnly:     opts.ReadOnly,
 		MemTableSize: memTableSizeDefault,
 		Logger:       pebbleLogger{opts.Logger},
+	}
+	if opts.FS != nil {
+		popts.FS = opts.FS
 	}
 	if d := opts.SyncIntervalMin; d > 0 {
 		popts.WALMinSyncInterval = func() time.Duration { return d }

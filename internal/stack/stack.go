@@ -47,6 +47,8 @@ type Options struct {
 	Tweak   func(*gateway.Config)
 	// PublicListener replaces the public TCP listener (benchmarks: in-memory).
 	PublicListener net.Listener
+	// GatewayOptions are passed to gateway.New (fault injection).
+	GatewayOptions []gateway.Option
 }
 
 // Start runs a stack and stops it when the test ends.
@@ -71,7 +73,7 @@ func Start(t testing.TB, o Options) *Stack {
 	}
 	s.Config = cfg
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	g, err := gateway.New(context.Background(), cfg, gateway.WithLogger(log))
+	g, err := gateway.New(context.Background(), cfg, append([]gateway.Option{gateway.WithLogger(log)}, o.GatewayOptions...)...)
 	if err != nil {
 		t.Fatalf("stack: gateway: %v", err)
 	}
