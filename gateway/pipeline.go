@@ -69,7 +69,10 @@ func (g *Gateway) openPipeline(ctx context.Context) error {
 	if _, err := g.js.CreateOrUpdateStream(sctx, streamCfg); err != nil {
 		return fmt.Errorf("gateway: GRANTS stream: %w", err)
 	}
-	g.relay, err = relay.New(relay.Options{Ledger: g.ledger, JS: g.js, Node: g.NodeID(), Logger: g.log, Stream: streamCfg})
+	// The relay publishes under the ledger's identity, not node_id: message
+	// ids (node:first:last) and the resume subject must be unique per
+	// ledger, and two gateways may share a host name or a node_id.
+	g.relay, err = relay.New(relay.Options{Ledger: g.ledger, JS: g.js, Node: g.ledger.ID(), Logger: g.log, Stream: streamCfg})
 	if err != nil {
 		return err
 	}
@@ -150,7 +153,7 @@ func (g *Gateway) reconcileOnce(ctx context.Context) error {
 				}
 			}
 			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err := relay.Republish(pctx, g.js, g.NodeID(), again)
+			err := relay.Republish(pctx, g.js, g.ledger.ID(), again)
 			cancel()
 			g.pipe.republished.Add(int64(len(again)))
 			g.log.Warn("reconcile: grants missing from the store were published again", "count", len(again), "first", again[0].GrantID)

@@ -154,7 +154,7 @@ func TestGrantPublishedTwiceOneRow(t *testing.T) {
 	js, _ := jetstream.New(nc)
 	var recs []ledger.Record
 	s.Gateway.Ledger().Scan(0, ^uint64(0), func(r *ledger.Record) error { recs = append(recs, *r); return nil })
-	if err := relay.Republish(context.Background(), js, s.Gateway.NodeID(), recs); err != nil {
+	if err := relay.Republish(context.Background(), js, s.Gateway.Ledger().ID(), recs); err != nil {
 		t.Fatal(err)
 	}
 	// The relay's last message again, with its own id (a relay restarted
@@ -163,7 +163,7 @@ func TestGrantPublishedTwiceOneRow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	last, err := stream.GetLastMsgForSubject(context.Background(), relay.Subject(s.Gateway.NodeID()))
+	last, err := stream.GetLastMsgForSubject(context.Background(), relay.Subject(s.Gateway.Ledger().ID()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func TestGrantPublishedTwiceOneRow(t *testing.T) {
 		t.Fatalf("re-published batch %s not dropped as a duplicate: %+v %v", last.Header.Get(jetstream.MsgIDHeader), ack, err)
 	}
 	// And again under a new id, past the dedup window: the primary key holds.
-	m := relay.Message(s.Gateway.NodeID(), recs)
+	m := relay.Message(s.Gateway.Ledger().ID(), recs)
 	m.Header.Set(jetstream.MsgIDHeader, "again")
 	if _, err := js.PublishMsg(context.Background(), m); err != nil {
 		t.Fatal(err)

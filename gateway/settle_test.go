@@ -9,6 +9,8 @@ import (
 
 	"github.com/flashgate/flashgate/gateway"
 	"github.com/flashgate/flashgate/internal/faultfs"
+	"github.com/flashgate/flashgate/internal/natsserver"
+	"github.com/flashgate/flashgate/internal/pgtest"
 	"github.com/flashgate/flashgate/internal/stack"
 	"github.com/flashgate/flashgate/ledger"
 )
@@ -158,5 +160,72 @@ func TestSoldOutFlagAnswersReplayFirst(t *testing.T) {
 	})
 	if r, err = s.Claim(ctx, alice); err != nil || r.Status != "granted" || r.GrantID != a.GrantID {
 		t.Fatalf("alice's retry while paused: %+v %v", r, err)
+	}
+}
+
+// TestReplayThroughSecondGatewayWritesNoSecondRecord (issue 9 #9): a retry
+// of an attempt that gateway 1 granted, sent to gateway 2, is answered with
+// the same grant and writes nothing to gateway 2's ledger: one grant, one
+// record. While gateway 1 has not yet made the grant durable, gateway 2
+// answers 503 (retry) rather than writing its own copy.
+func TestReplayThroughSecondGatewayWritesNoSecondRecord(t *testing.T) {
+	ns := natsserver.Start(t)
+	dsn := pgtest.Fresh(t)
+	shared := func(c *gateway.Config) {
+		c.NATS.URL = ns.URL()
+		c.Store.Driver, c.Store.DSN = "postgres", dsn
+	}
+	s1, fs := stallableStack(t, shared, nil)
+	s2 := stack.Start(t, stack.Options{Redis: s1.Redis, Tweak: shared})
+	s1.CreateCampaign(stack.Campaign{ID: "two", Stock: 10, Shards: 2})
+	ctx := context.Background()
+	waitFor(t, 5*time.Second, "gateway 2 to see the campaign", func() bool {
+		a, _ := s2.Claim(ctx, stack.ClaimRequest{Campaign: "two", User: "probe", Device: "d"})
+		return a.Status == "granted"
+	})
+
+	tap1 := stack.ClaimRequest{Campaign: "two", User: "alice", Device: "d1", IdempotencyKey: "tap-1"}
+	a, err := s1.Claim(ctx, tap1)
+	if err != nil || a.Status != "granted" {
+		t.Fatalf("gateway 1: %+v %v", a, err)
+	}
+	waitFor(t, 5*time.Second, "gateway 1 to mark the grant settled", func() bool { return s1.CampaignStats("two").Unsettled == 0 })
+	tap1.Device = "d2" // the retry may come from elsewhere; the answer is the original grant
+	r, err := s2.Claim(ctx, tap1)
+	if err != nil || r.Status != "granted" || r.GrantID != a.GrantID {
+		t.Fatalf("retry through gateway 2: %+v %v, want %s", r, err, a.GrantID)
+	}
+
+	// The same while gateway 1's append waits for its fsync.
+	tap2 := stack.ClaimRequest{Campaign: "two", User: "bob", Device: "d1", IdempotencyKey: "tap-2"}
+	fs.Hold()
+	first := make(chan stack.Answer, 1)
+	go func() { x, _ := s1.Claim(ctx, tap2); first <- x }()
+	waitFor(t, 5*time.Second, "gateway 1's append to wait in fsync", func() bool { return fs.Waiting() > 0 })
+	if r, err := s2.Claim(ctx, tap2); err != nil || r.Status == "granted" || r.HTTP != 503 {
+		t.Fatalf("retry through gateway 2 while unsettled: %+v %v, want 503", r, err)
+	}
+	fs.Release()
+	b := <-first
+	if b.Status != "granted" {
+		t.Fatalf("gateway 1 after the stall: %+v", b)
+	}
+	waitFor(t, 5*time.Second, "gateway 1 to mark bob's grant settled", func() bool { return s1.CampaignStats("two").Unsettled == 0 })
+	if r, err := s2.Claim(ctx, tap2); err != nil || r.Status != "granted" || r.GrantID != b.GrantID {
+		t.Fatalf("retry through gateway 2 after settlement: %+v %v", r, err)
+	}
+
+	in2 := ledgerGrants(t, s2.Gateway.Ledger())
+	for _, id := range []string{a.GrantID, b.GrantID} {
+		if _, dup := in2[id]; dup {
+			t.Errorf("grant %s written to gateway 2's ledger by a replay", id)
+		}
+	}
+	rep, err := s1.Gateway.AuditLedgers(ctx, []*ledger.Ledger{s2.Gateway.Ledger()})
+	for deadline := time.Now().Add(20 * time.Second); err == nil && rep.Violations > 0 && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		rep, err = s1.Gateway.AuditLedgers(ctx, []*ledger.Ledger{s2.Gateway.Ledger()})
+	}
+	if err != nil || rep.Violations != 0 {
+		t.Fatalf("audit over both ledgers: %v %+v", err, rep)
 	}
 }

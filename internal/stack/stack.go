@@ -192,6 +192,7 @@ type Stats struct {
 	Remaining        int64            `json:"remaining"`
 	Granted          int64            `json:"granted"`
 	PendingTransfers int64            `json:"pending_transfers"`
+	Unsettled        int64            `json:"unsettled"`
 	Shards           []int64          `json:"shards"`
 	Attempts         int64            `json:"attempts"`
 	Rejected         map[string]int64 `json:"rejected"`
