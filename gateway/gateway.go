@@ -4,10 +4,12 @@
 // A claim (claim.go) runs, in the handler goroutine fasthttp gives it:
 // parse and authenticate → campaign state from the local registry snapshot →
 // local sold-out flag → one stock script on the user's home shard (stealing
-// from another shard when that is empty; package stock) → a synced ledger
-// append (package ledger) → the answer. "granted" is written only after the
-// append returned (I4); any dependency failure answers 503 "unavailable"
-// with Retry-After and grants nothing (I7).
+// from another shard when that is empty; package stock), which also records
+// the grant as unsettled for this node → a synced ledger append (package
+// ledger) → the answer, and the grant's unsettled field is deleted in a
+// batch. "granted" is written only after the append returned (I4); any
+// dependency failure answers 503 "unavailable" with Retry-After (I7), and a
+// grant its handler could not make durable is settled by settle.go.
 //
 // Goroutines, each ending when Run's context ends: the two fasthttp servers,
 // the campaign watch (campaign.Registry.Run), the Redis connector, the stats

@@ -45,7 +45,7 @@ var table = [count]row{
 	Ended:           {"ended", 409, "after ends_at, or deleted"},
 	Paused:          {"paused", 409, "paused by an operator"},
 	RateLimited:     {"rate_limited", 429, "Retry-After header; body says which limit"},
-	Unavailable:     {"unavailable", 503, "a dependency is down; nothing was granted; Retry-After"},
+	Unavailable:     {"unavailable", 503, "a dependency is down; Retry-After. Nothing was acknowledged: retry with the same Idempotency-Key for the real outcome (a grant made meanwhile is settled and shows in /v1/me/coupons)"},
 }
 
 // All lists every status in table order.
