@@ -43,6 +43,8 @@ const (
 	settleFirstRetry = 250 * time.Millisecond
 	// settleBatchMax bounds grants appended before their fields are deleted.
 	settleBatchMax = 1024
+	// markFlushTimeout bounds the last flush of marks at shutdown.
+	markFlushTimeout = 2 * time.Second
 	// settlePassTimeout bounds one pass over every campaign.
 	settlePassTimeout = 30 * time.Second
 )
@@ -61,12 +63,15 @@ func (g *Gateway) mark(campaign string, shard uint32, grantID string) {
 	}
 }
 
-// markSettled deletes queued grants' unsettled fields in batches. Ends with ctx.
+// markSettled deletes queued grants' unsettled fields in batches. Ends with
+// ctx, after one last bounded flush of what is queued (handlers have
+// finished by then: Run stops background loops after the servers drain).
 func (g *Gateway) markSettled(ctx context.Context) {
 	batch := make([]stock.Settled, 0, markBatchMax)
 	for {
 		select {
 		case <-ctx.Done():
+			g.flushMarks()
 			return
 		case m := <-g.marks:
 			batch = append(batch, m)
@@ -86,6 +91,32 @@ func (g *Gateway) markSettled(ctx context.Context) {
 				g.metrics.marksDropped.Add(float64(len(batch)))
 			}
 			cancel()
+		}
+		batch = batch[:0]
+	}
+}
+
+// flushMarks deletes the fields of every grant still queued, within
+// markFlushTimeout; what is left is cleaned up by the next start's settler.
+func (g *Gateway) flushMarks() {
+	st := g.stock()
+	if st == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), markFlushTimeout)
+	defer cancel()
+	batch := make([]stock.Settled, 0, markBatchMax)
+	for {
+		select {
+		case m := <-g.marks:
+			batch = append(batch, m)
+			if len(batch) < markBatchMax {
+				continue
+			}
+		default:
+		}
+		if len(batch) == 0 || st.Settle(ctx, batch) != nil {
+			return
 		}
 		batch = batch[:0]
 	}
