@@ -285,11 +285,19 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 // the same Idempotency-Key always gets its original answer.
 func (g *Gateway) refuseUnlessReplay(ctx *fasthttp.RequestCtx, rctx context.Context, c *campaign.Campaign, in *claimInput, st status.Status, msg string) status.Status {
 	if in.idemKey != "" {
-		if store := g.stock(); store != nil {
-			prior, found, err := store.LookupAttempt(rctx, c.ID, c.Shards, in.user, in.idemKey)
-			if err == nil && found {
-				return g.answerReplay(ctx, rctx, c, &prior)
-			}
+		store := g.stock()
+		if store == nil {
+			writeUnavailable(ctx, "redis unavailable: cannot tell whether this Idempotency-Key granted; retry")
+			return status.Unavailable
+		}
+		prior, found, err := store.LookupAttempt(rctx, c.ID, c.Shards, in.user, in.idemKey)
+		if err != nil {
+			// Not knowing is not a refusal: a final answer here could hide a grant.
+			writeUnavailable(ctx, "cannot tell whether this Idempotency-Key granted; retry")
+			return status.Unavailable
+		}
+		if found {
+			return g.answerReplay(ctx, rctx, c, &prior)
 		}
 	}
 	writeError(ctx, st, msg)

@@ -67,6 +67,8 @@ const (
 	// adminBodyLenMax bounds admin request bodies: 100,000 audience user ids
 	// of up to 128 bytes fit (POST …/audience), and nothing else comes close.
 	adminBodyLenMax = 16 << 20
+	// settleAtStopTimeout bounds the last settlement pass of a graceful stop.
+	settleAtStopTimeout = 10 * time.Second
 	// headerBufLen bounds request line + headers.
 	headerBufLen = 8 << 10
 )
@@ -311,6 +313,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 	defer cancel()
 	_ = g.public.ShutdownWithContext(dctx)
 	_ = g.admin.ShutdownWithContext(dctx)
+	sctx, scancel := context.WithTimeout(context.Background(), settleAtStopTimeout)
+	g.settleAtStop(sctx)
+	scancel()
 	stopBG()
 	wg.Wait()
 	g.flushStatsOnce(dctx)

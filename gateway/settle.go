@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/flashgate/flashgate/gateway/stock"
@@ -41,6 +42,9 @@ const (
 	// settleFirstRetry is the wait between failed first passes (Redis or the
 	// ledger not reachable yet).
 	settleFirstRetry = 250 * time.Millisecond
+	// settleAppendsMax bounds concurrent appends of the settler: enough to
+	// fill a group commit (see ledger), few enough to leave claims room.
+	settleAppendsMax = 256
 	// settleBatchMax bounds grants appended before their fields are deleted.
 	settleBatchMax = 1024
 	// markFlushTimeout bounds the last flush of marks at shutdown.
@@ -86,7 +90,8 @@ func (g *Gateway) markSettled(ctx context.Context) {
 			}
 		}
 		if st := g.stock(); st != nil {
-			sctx, cancel := context.WithTimeout(ctx, time.Second)
+			// Not derived from ctx: a batch in flight at shutdown completes.
+			sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			if err := st.Settle(sctx, batch); err != nil {
 				g.metrics.marksDropped.Add(float64(len(batch)))
 			}
@@ -158,6 +163,9 @@ func (g *Gateway) settleUnsettled(ctx context.Context) {
 }
 
 // settlePass settles this node's unsettled grants older than minAge.
+// Records are appended concurrently, settleAppendsMax at a time, so that a
+// window of thousands of grants shares fsyncs (group commit) instead of
+// paying one each.
 func (g *Gateway) settlePass(ctx context.Context, minAge time.Duration) error {
 	st := g.stock()
 	if st == nil {
@@ -168,14 +176,21 @@ func (g *Gateway) settlePass(ctx context.Context, minAge time.Duration) error {
 	me := g.ledger.ID()
 	cutoff := g.now().Add(-minAge).UnixNano()
 	var held, settled int64
-	done := make([]stock.Settled, 0, settleBatchMax)
+	recs := make([]ledger.Record, 0, settleBatchMax)
 	flush := func() error {
-		if len(done) == 0 {
+		if len(recs) == 0 {
 			return nil
 		}
-		err := st.Settle(pctx, done)
-		done = done[:0]
-		return err
+		defer func() { recs = recs[:0] }()
+		if err := g.appendAll(pctx, recs); err != nil {
+			return err
+		}
+		done := make([]stock.Settled, len(recs))
+		for i := range recs {
+			done[i] = stock.Settled{Campaign: recs[i].Campaign, Shard: int(recs[i].Shard), GrantID: recs[i].GrantID}
+		}
+		settled += int64(len(recs))
+		return st.Settle(pctx, done)
 	}
 	for _, c := range g.reg.List() {
 		err := st.ScanUnsettled(pctx, c.ID, c.Shards, func(u stock.Unsettled) error {
@@ -187,7 +202,7 @@ func (g *Gateway) settlePass(ctx context.Context, minAge time.Duration) error {
 				return nil
 			}
 			var rec ledger.Record
-			if err := rec.Decode([]byte(u.Facts)); err != nil || rec.GrantID != u.GrantID || rec.Campaign != c.ID {
+			if err := rec.Decode([]byte(u.Facts)); err != nil || rec.GrantID != u.GrantID || rec.Campaign != c.ID || int(rec.Shard) != u.Shard {
 				held++
 				g.log.Error("unsettled grant with corrupt facts left for an operator", "campaign", c.ID, "grant_id", u.GrantID, "err", err)
 				return nil
@@ -196,12 +211,8 @@ func (g *Gateway) settlePass(ctx context.Context, minAge time.Duration) error {
 				return nil // its handler may still be appending it
 			}
 			rec.Seq = 0
-			if _, err := g.ledger.Append(pctx, &rec); err != nil {
-				return fmt.Errorf("gateway: settle %s: %w", u.GrantID, err)
-			}
-			settled++
-			done = append(done, stock.Settled{Campaign: c.ID, Shard: u.Shard, GrantID: u.GrantID})
-			if len(done) == settleBatchMax {
+			recs = append(recs, rec)
+			if len(recs) == settleBatchMax {
 				return flush()
 			}
 			return nil
@@ -219,4 +230,46 @@ func (g *Gateway) settlePass(ctx context.Context, minAge time.Duration) error {
 		g.log.Info("settled grants decided in Redis but not yet in this ledger", "count", settled)
 	}
 	return nil
+}
+
+// appendAll appends records concurrently (at most settleAppendsMax at once)
+// and returns the first error.
+func (g *Gateway) appendAll(ctx context.Context, recs []ledger.Record) error {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+	)
+	sem := make(chan struct{}, settleAppendsMax)
+	for i := range recs {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if _, err := g.ledger.Append(ctx, &recs[i]); err != nil {
+				mu.Lock()
+				if first == nil {
+					first = fmt.Errorf("gateway: settle %s: %w", recs[i].GrantID, err)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}
+
+// settleAtStop runs after the servers drained: the marks still queued are
+// applied, then one pass settles every grant of this node (no handler is in
+// flight to wait for), so a graceful stop leaves nothing of its own held.
+// Bounded by ctx; what is left is logged and settled by the next start on
+// this data dir.
+func (g *Gateway) settleAtStop(ctx context.Context) {
+	g.flushMarks()
+	if g.stock() == nil || !g.settled.Load() {
+		return
+	}
+	if err := g.settlePass(ctx, 0); err != nil {
+		g.log.Error("grants of this node left unsettled at stop; the next start on this data dir settles them", "err", err)
+	}
 }
