@@ -32,7 +32,8 @@ type Entry struct {
 func (e *Entry) Expired(now time.Time) bool { return e.ExpiresAt != nil && !now.Before(*e.ExpiresAt) }
 
 // NormalizeEntry validates kind and value and returns the canonical value
-// (an IP in its shortest form, a CIDR masked).
+// (an IP in its shortest form without an IPv6 zone — the gateway drops zones
+// from client addresses — a CIDR masked).
 func NormalizeEntry(kind, value string) (string, error) {
 	switch kind {
 	case KindIP:
@@ -40,7 +41,7 @@ func NormalizeEntry(kind, value string) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("ip: %w", err)
 		}
-		return a.Unmap().String(), nil
+		return a.Unmap().WithZone("").String(), nil
 	case KindCIDR:
 		p, err := netip.ParsePrefix(value)
 		if err != nil {

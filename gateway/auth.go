@@ -180,34 +180,51 @@ var errBadForwarded = errors.New("malformed X-Forwarded-For")
 // clientIP is the TCP peer, or — when the peer is a trusted proxy — the
 // right-most hop of X-Forwarded-For that is not itself a trusted proxy. A
 // header from an untrusted peer is never read.
-func clientIP(peer netip.Addr, xff []byte, trusted proxySet) (netip.Addr, error) {
-	peer = peer.Unmap()
+//
+// xff is every X-Forwarded-For line of the request, in the order received
+// (fasthttp's PeekAll), read as one comma-separated list: a proxy may append
+// its own line (HAProxy "option forwardfor") instead of extending the
+// client's, and reading only the first line would let the client choose its
+// own address. At most forwardedHopsMax hops are examined, over all lines.
+//
+// A hop's IPv6 zone ("fe80::1%eth0") is dropped: a zone names an interface of
+// the sender, not a client, and keeping it would let one client appear as
+// many (rate limits, blacklists) and make an address too long to store.
+func clientIP(peer netip.Addr, xff [][]byte, trusted proxySet) (netip.Addr, error) {
+	peer = peer.Unmap().WithZone("")
 	if len(xff) == 0 || !trusted.contains(peer) {
 		return peer, nil
 	}
 	hop := peer
-	rest := xff
-	for i := 0; i < forwardedHopsMax && len(rest) > 0; i++ {
-		var part []byte
-		if j := bytes.LastIndexByte(rest, ','); j >= 0 {
-			part, rest = rest[j+1:], rest[:j]
-		} else {
-			part, rest = rest, nil
-		}
-		a, err := netip.ParseAddr(string(bytes.TrimSpace(part)))
-		if err != nil {
-			return netip.Addr{}, errBadForwarded
-		}
-		hop = a.Unmap()
-		if !trusted.contains(hop) {
-			return hop, nil
+	examined := 0
+	for line := len(xff) - 1; line >= 0; line-- {
+		rest := xff[line]
+		for len(rest) > 0 {
+			if examined == forwardedHopsMax {
+				return hop, nil // the bound: the left-most hop examined stands for the client
+			}
+			examined++
+			var part []byte
+			if j := bytes.LastIndexByte(rest, ','); j >= 0 {
+				part, rest = rest[j+1:], rest[:j]
+			} else {
+				part, rest = rest, nil
+			}
+			a, err := netip.ParseAddr(string(bytes.TrimSpace(part)))
+			if err != nil {
+				return netip.Addr{}, errBadForwarded
+			}
+			hop = a.Unmap().WithZone("")
+			if !trusted.contains(hop) {
+				return hop, nil
+			}
 		}
 	}
 	return hop, nil // every hop examined is a trusted proxy: the left-most one is the client
 }
 
 // clientIPFromSlice is clientIP for the peer address fasthttp gives.
-func clientIPFromSlice(peer []byte, xff []byte, trusted proxySet) (netip.Addr, error) {
+func clientIPFromSlice(peer []byte, xff [][]byte, trusted proxySet) (netip.Addr, error) {
 	a, _ := netip.AddrFromSlice(peer)
 	return clientIP(a, xff, trusted)
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -36,7 +37,11 @@ func TestClientIP(t *testing.T) {
 		{"malformed hop from trusted proxy", "10.1.1.1", "203.0.113.5, nonsense", "", true},
 	}
 	for _, tc := range cases {
-		got, err := clientIP(a(tc.peer), []byte(tc.xff), trusted)
+		var lines [][]byte
+		if tc.xff != "" {
+			lines = [][]byte{[]byte(tc.xff)}
+		}
+		got, err := clientIP(a(tc.peer), lines, trusted)
 		if tc.bad {
 			if err == nil {
 				t.Errorf("%s: accepted, got %v", tc.name, got)
@@ -47,6 +52,120 @@ func TestClientIP(t *testing.T) {
 			t.Errorf("%s: got %v %v, want %s", tc.name, got, err, tc.want)
 		}
 	}
+}
+
+// TestClientIPReadsEveryForwardedLine (issue 9 #10): a proxy that appends its own
+// X-Forwarded-For line (HAProxy "option forwardfor") leaves the client's
+// line first; the lines are one list, read right to left, so the hop the
+// trusted proxy saw wins over whatever the client wrote.
+func TestClientIPReadsEveryForwardedLine(t *testing.T) {
+	trusted, err := parsePrefixes([]string{"10.0.0.0/8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := netip.MustParseAddr
+	lines := func(ss ...string) [][]byte {
+		out := make([][]byte, len(ss))
+		for i, s := range ss {
+			out[i] = []byte(s)
+		}
+		return out
+	}
+	cases := []struct {
+		name  string
+		lines [][]byte
+		want  string
+		bad   bool
+	}{
+		{"client's spoofed line first, proxy's line last", lines("1.1.1.1", "203.0.113.9"), "203.0.113.9", false},
+		{"trusted hops span lines", lines("1.1.1.1, 203.0.113.9", "10.2.2.2", "10.3.3.3"), "203.0.113.9", false},
+		{"empty line is no hop", lines("203.0.113.9", ""), "203.0.113.9", false},
+		{"all trusted over lines: left-most", lines("10.9.9.9", "10.8.8.8"), "10.9.9.9", false},
+		{"malformed hop in a later line", lines("203.0.113.9", "garbage"), "", true},
+	}
+	for _, tc := range cases {
+		got, err := clientIP(a("10.1.1.1"), tc.lines, trusted)
+		if tc.bad {
+			if err == nil {
+				t.Errorf("%s: accepted, got %v", tc.name, got)
+			}
+			continue
+		}
+		if err != nil || got != a(tc.want) {
+			t.Errorf("%s: got %v %v, want %s", tc.name, got, err, tc.want)
+		}
+	}
+	// The hop bound counts hops over every line, not per line.
+	many := make([][]byte, 2*forwardedHopsMax)
+	for i := range many {
+		many[i] = []byte("10.0.0.7")
+	}
+	many[0] = []byte("203.0.113.9") // beyond the bound: never examined
+	if got, err := clientIP(a("10.1.1.1"), many, trusted); err != nil || got != a("10.0.0.7") {
+		t.Fatalf("bound over lines: got %v %v", got, err)
+	}
+}
+
+// TestIPv6ZoneDroppedInClientIP: a zone names the sender's interface, not a
+// client; it is dropped (otherwise one client is many to the rate limits and
+// blacklists, and a 70-byte zone overflows the store's client_ip field).
+func TestIPv6ZoneDroppedInClientIP(t *testing.T) {
+	trusted, _ := parsePrefixes([]string{"10.0.0.0/8", "fd00::/8"})
+	zone := "%" + strings.Repeat("z", 70)
+	got, err := clientIP(netip.MustParseAddr("10.1.1.1"), [][]byte{[]byte("fe80::1" + zone)}, trusted)
+	if err != nil || got != netip.MustParseAddr("fe80::1") || len(got.String()) > 45 {
+		t.Fatalf("zoned hop: %v %v", got, err)
+	}
+	// A zoned trusted proxy is still recognised as trusted.
+	got, err = clientIP(netip.MustParseAddr("10.1.1.1"), [][]byte{[]byte("2001:db8::5, fd00::1%eth0")}, trusted)
+	if err != nil || got != netip.MustParseAddr("2001:db8::5") {
+		t.Fatalf("zoned trusted hop: %v %v", got, err)
+	}
+}
+
+// FuzzClientIP: any X-Forwarded-For lines from a trusted peer give an error
+// or an address without a zone that the peer or one of the lines named; an
+// untrusted peer's lines are never read.
+func FuzzClientIP(f *testing.F) {
+	trusted, _ := parsePrefixes([]string{"10.0.0.0/8", "fd00::/8"})
+	f.Add("10.1.1.1", "6.6.6.6\n203.0.113.9")
+	f.Add("10.1.1.1", "1.1.1.1, 203.0.113.9\n10.2.2.2\n\n10.3.3.3")
+	f.Add("10.1.1.1", "fe80::1%"+strings.Repeat("z", 70))
+	f.Add("198.51.100.7", "garbage")
+	f.Add("10.1.1.1", "::ffff:10.9.9.9, fd00::1%eth0")
+	f.Fuzz(func(t *testing.T, peerText, xff string) {
+		peer, err := netip.ParseAddr(peerText)
+		if err != nil {
+			return
+		}
+		var lines [][]byte
+		if xff != "" {
+			for _, l := range strings.Split(xff, "\n") {
+				lines = append(lines, []byte(l))
+			}
+		}
+		got, err := clientIP(peer, lines, trusted)
+		if err != nil {
+			return
+		}
+		if got.Zone() != "" || got.Is4In6() {
+			t.Fatalf("client %v keeps a zone or an IPv4-in-IPv6 form", got)
+		}
+		if bare := peer.Unmap().WithZone(""); !trusted.contains(bare) && got != bare {
+			t.Fatalf("untrusted peer %v: client %v taken from its header", peer, got)
+		}
+		if got == peer.Unmap().WithZone("") {
+			return
+		}
+		for _, l := range lines {
+			for _, h := range strings.Split(string(l), ",") {
+				if a, err := netip.ParseAddr(strings.TrimSpace(h)); err == nil && a.Unmap().WithZone("") == got {
+					return
+				}
+			}
+		}
+		t.Fatalf("client %v named by neither the peer nor a hop of %q", got, xff)
+	})
 }
 
 func TestEdDSAVerifier(t *testing.T) {

@@ -55,7 +55,8 @@ func (g *Gateway) parseClaim(ctx *fasthttp.RequestCtx, id []byte) (claimInput, s
 	var in claimInput
 	peer, _ := netip.AddrFromSlice(ctx.RemoteIP())
 	peer = peer.Unmap()
-	ip, err := clientIP(peer, ctx.Request.Header.Peek("X-Forwarded-For"), g.proxies)
+	// Every X-Forwarded-For line, in order: Peek would return only the first.
+	ip, err := clientIP(peer, ctx.Request.Header.PeekAll("X-Forwarded-For"), g.proxies)
 	if err != nil {
 		return in, status.InvalidRequest, err.Error()
 	}

@@ -188,6 +188,8 @@ func (m *metrics) registerPipeline(g *Gateway) {
 			func() float64 { return float64(g.pipe.reconcileMissing.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flashgate_reconcile_republished_total", Help: "Grants published again by reconciliation."},
 			func() float64 { return float64(g.pipe.republished.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flashgate_reconcile_set_aside_total", Help: "Ledger grants the store cannot hold (set aside in grants_set_aside) that reconciliation passed."},
+			func() float64 { return float64(g.pipe.setAsidePassed.Load()) }),
 	)
 	if g.sink != nil {
 		m.reg.MustRegister(
@@ -197,6 +199,8 @@ func (m *metrics) registerPipeline(g *Gateway) {
 				func() float64 { return float64(g.sink.Duplicates()) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flashgate_sink_poison_total", Help: "Undecodable grant messages terminated."},
 				func() float64 { return float64(g.sink.Poison()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flashgate_sink_set_aside_total", Help: "Grant deliveries the store cannot hold, set aside in grants_set_aside instead of stored."},
+				func() float64 { return float64(g.sink.SetAside()) }),
 		)
 	}
 }

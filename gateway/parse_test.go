@@ -2,12 +2,16 @@ package gateway
 
 import (
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/flashgate/flashgate/gateway/campaign"
 	"github.com/flashgate/flashgate/gateway/status"
+	"github.com/flashgate/flashgate/gateway/stock"
+	"github.com/flashgate/flashgate/ledger/store"
 )
 
 func fuzzGateway(t testing.TB, mode string) *Gateway {
@@ -35,6 +39,8 @@ func FuzzParseClaim(f *testing.F) {
 	f.Add("/v1/campaigns/d11/claim", "Bearer x", "", "", "", "u1", []byte(`{`), true)
 	f.Add("/v1/campaigns//claim", "", "dev", "", "10.0.0.1, x", "", []byte(nil), true)
 	f.Add("/v1/campaigns/claim", "", "dev", "", "", "", []byte(nil), false) // once panicked: prefix and suffix overlap
+	// Once accepted and then refused by the store for good (a 70-byte zone).
+	f.Add("/v1/campaigns/d11/claim", "Bearer "+tok, "dev-1", "tap-1", "fe80::1%"+strings.Repeat("z", 70), "", []byte(nil), false)
 	f.Fuzz(func(t *testing.T, path, authz, device, idem, xff, xUser string, body []byte, trustedHeader bool) {
 		mode := "jwt"
 		if trustedHeader {
@@ -65,6 +71,14 @@ func FuzzParseClaim(f *testing.F) {
 		if st == status.Granted && (in.user == "" || in.device == "" || in.campaignID == "") {
 			t.Fatalf("accepted incomplete input %+v", in)
 		}
+		if st == status.Granted {
+			// Whatever the edge accepts, the store can hold (issue 9 #11).
+			gr := store.Grant{GrantID: stock.NewGrantID(time.Now()), Campaign: in.campaignID, User: in.user, Device: in.device,
+				ClientIP: in.ip.String(), IdempotencyKey: in.idemKey, Node: "gw-fuzz"}
+			if err := gr.Validate(); err != nil {
+				t.Fatalf("accepted a claim the store cannot hold: %v", err)
+			}
+		}
 	})
 }
 
@@ -74,7 +88,7 @@ func FuzzParseClaim(f *testing.F) {
 func TestHotPathHelpersDoNotAllocate(t *testing.T) {
 	g := fuzzGateway(t, "jwt")
 	path := []byte("/v1/campaigns/d11/claim")
-	xff := []byte("203.0.113.5, 10.2.2.2")
+	xff := [][]byte{[]byte("203.0.113.5, 10.2.2.2")}
 	peer := net.IPv4(198, 51, 100, 7) // untrusted: its header is not read
 	var sink int
 	n := testing.AllocsPerRun(200, func() {
@@ -86,4 +100,32 @@ func TestHotPathHelpersDoNotAllocate(t *testing.T) {
 		t.Fatalf("%.1f allocations per parse", n)
 	}
 	_ = sink
+}
+
+// TestEdgeLimitsFitTheStore: every field of a grant the edge accepts fits
+// the store's limit for it, so the store never refuses what was granted.
+func TestEdgeLimitsFitTheStore(t *testing.T) {
+	for _, c := range []struct {
+		field       string
+		edge, store int
+	}{
+		{"user id", userIDLenMax, store.UserLenMax},
+		{"device id", deviceIDLenMax, store.DeviceLenMax},
+		{"idempotency key", idempotencyKeyLenMax, store.IdempotencyKeyLenMax},
+		{"grant id", len(stock.NewGrantID(time.Now())), store.GrantIDLenMax},
+		{"client ip (no zone)", len("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"), store.ClientIPLenMax},
+	} {
+		if c.edge > c.store {
+			t.Errorf("%s: the edge accepts %d bytes, the store holds %d", c.field, c.edge, c.store)
+		}
+	}
+	if campaign.ValidID(strings.Repeat("c", store.CampaignLenMax+1)) {
+		t.Errorf("a campaign id longer than the store's %d bytes is valid", store.CampaignLenMax)
+	}
+	cfg := DefaultConfig()
+	cfg.Auth.HS256Secret = "limits-secret-0123456789-0123456789"
+	cfg.NodeID = strings.Repeat("n", store.NodeLenMax+1)
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "node_id") {
+		t.Errorf("node_id longer than the store's %d bytes accepted: %v", store.NodeLenMax, err)
+	}
 }

@@ -39,6 +39,7 @@ const (
 type pipelineState struct {
 	reconcileMissing atomic.Int64 // grants found missing in the last pass
 	republished      atomic.Int64
+	setAsidePassed   atomic.Int64 // grants the store cannot hold that the cursor passed
 }
 
 // NodeID is this gateway's name (config node_id, default the host name).
@@ -89,6 +90,10 @@ func (g *Gateway) openPipeline(ctx context.Context) error {
 // older than relay.reconcile_grace is in the store; missing ones are
 // published again (JetStream dedups them if they were only late). The
 // cursor stops before a chunk with a missing grant, so it is checked again.
+// A grant the store can never hold (store.Put sets it aside in
+// grants_set_aside, whether the sink or this pass found it) does not hold the
+// cursor: it is counted (flashgate_reconcile_set_aside_total), logged, and
+// reported by the audit, and the cursor moves past it.
 func (g *Gateway) reconcile(ctx context.Context) {
 	t := time.NewTicker(g.cfg.Relay.ReconcileInterval)
 	defer t.Stop()
@@ -140,18 +145,12 @@ func (g *Gateway) reconcileOnce(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if len(missing) > 0 {
-			missingTotal += int64(len(missing))
-			want := make(map[string]bool, len(missing))
-			for _, id := range missing {
-				want[id] = true
-			}
-			var again []ledger.Record
-			for _, r := range recs {
-				if want[r.GrantID] {
-					again = append(again, r)
-				}
-			}
+		again, setAside, err := g.unstored(ctx, recs, missing)
+		if err != nil {
+			return err
+		}
+		if len(again) > 0 {
+			missingTotal += int64(len(again))
 			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			err := relay.Republish(pctx, g.js, g.ledger.ID(), again)
 			cancel()
@@ -166,12 +165,66 @@ func (g *Gateway) reconcileOnce(ctx context.Context) error {
 		if err := g.ledger.SetCursor(reconcileCursor, cursor); err != nil {
 			return err
 		}
+		if len(setAside) > 0 {
+			g.pipe.setAsidePassed.Add(int64(len(setAside)))
+			g.log.Error("reconcile: ledger grants the store cannot hold are set aside (grants_set_aside); the cursor passed them",
+				"count", len(setAside), "first", setAside[0], "cursor", cursor)
+		}
 		if errors.Is(scanErr, errChunkYoung) {
 			break // the rest is younger than the grace period
 		}
 	}
 	g.pipe.reconcileMissing.Store(missingTotal)
 	return nil
+}
+
+// unstored sorts a chunk's grants missing from the store: those the store
+// set aside (it can never hold them) are returned in setAside; one that fails
+// the store's validation and is not yet set aside is set aside now (a ledger
+// written before the edge refused such input); the rest are returned in
+// again, to be published again.
+func (g *Gateway) unstored(ctx context.Context, recs []ledger.Record, missing []string) (again []ledger.Record, setAside []string, err error) {
+	if len(missing) == 0 {
+		return nil, nil, nil
+	}
+	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	aside, err := g.store.SetAsideOf(qctx, missing)
+	if err != nil {
+		return nil, nil, err
+	}
+	want := make(map[string]bool, len(missing))
+	for _, id := range missing {
+		want[id] = true
+	}
+	var refused []store.Grant
+	node := g.NodeID()
+	for i := range recs {
+		r := &recs[i]
+		if !want[r.GrantID] {
+			continue
+		}
+		if aside[r.GrantID] {
+			setAside = append(setAside, r.GrantID)
+			continue
+		}
+		if gr := relay.GrantOf(node, r); gr.Validate() != nil {
+			refused = append(refused, gr)
+			continue
+		}
+		again = append(again, *r)
+	}
+	if len(refused) > 0 {
+		res, err := g.store.Put(qctx, refused)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, a := range res.SetAside {
+			g.log.Error("reconcile: ledger grant the store cannot hold set aside", "grant_id", a.Grant.GrantID, "ledger_seq", a.Grant.LedgerSeq, "reason", a.Reason)
+			setAside = append(setAside, a.Grant.GrantID)
+		}
+	}
+	return again, setAside, nil
 }
 
 // --- GET /v1/me/coupons ------------------------------------------------------
@@ -286,6 +339,7 @@ type AuditRow struct {
 	Unsettled      int64    `json:"unsettled"`
 	Held           int64    `json:"held"`
 	MissingInStore int64    `json:"missing_in_store"`
+	SetAside       int64    `json:"set_aside"` // ledger grants the store cannot hold (grants_set_aside), not counted as missing
 	ExtraInStore   int64    `json:"extra_in_store"`
 	Violations     []string `json:"violations,omitempty"`
 }
@@ -381,8 +435,16 @@ func (g *Gateway) AuditLedgers(ctx context.Context, others []*ledger.Ledger) (Au
 			return rep, err
 		}
 		row.Store = int64(len(storeIDs)) // the same read as missing/extra, so the row is self-consistent
+		asideIDs := map[string]bool{}
+		if err := g.store.SetAsideIDs(ctx, c.ID, func(id, _ string) { asideIDs[id] = true }); err != nil {
+			return rep, err
+		}
 		for id := range ledgerIDs[c.ID] {
-			if !storeIDs[id] {
+			switch {
+			case storeIDs[id]:
+			case asideIDs[id]:
+				row.SetAside++
+			default:
 				row.MissingInStore++
 			}
 		}
@@ -403,6 +465,9 @@ func (g *Gateway) AuditLedgers(ctx context.Context, others []*ledger.Ledger) (Au
 		}
 		if row.MissingInStore > 0 {
 			bad("I5 %d ledger grants missing from the store", row.MissingInStore)
+		}
+		if row.SetAside > 0 {
+			bad("I5 %d ledger grants the store cannot hold are set aside (table grants_set_aside, with the reason)", row.SetAside)
 		}
 		if row.ExtraInStore > 0 {
 			bad("I5/I6 %d store grants not in the audited ledgers", row.ExtraInStore)

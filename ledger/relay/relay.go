@@ -249,16 +249,20 @@ func Message(node string, recs []ledger.Record) *nats.Msg {
 		b.FirstSeq, b.LastSeq = recs[0].Seq, recs[len(recs)-1].Seq
 	}
 	for i := range recs {
-		rec := &recs[i]
-		b.Grants[i] = store.Grant{GrantID: rec.GrantID, Campaign: rec.Campaign, User: rec.User, Device: rec.Device, ClientIP: rec.ClientIP,
-			IdempotencyKey: rec.IdempotencyKey, Shard: rec.Shard, GrantedAtNanos: rec.GrantedAtNanos, ValidFrom: rec.ValidFrom,
-			ValidUntil: rec.ValidUntil, FaceValue: rec.FaceValue, Node: node, LedgerSeq: rec.Seq}
+		b.Grants[i] = GrantOf(node, &recs[i])
 	}
 	data, _ := json.Marshal(&b) // strings and integers only: cannot fail
 	m := nats.NewMsg(Subject(node))
 	m.Data = data
 	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s:%d:%d", node, b.FirstSeq, b.LastSeq))
 	return m
+}
+
+// GrantOf is a ledger record as it travels in a message.
+func GrantOf(node string, rec *ledger.Record) store.Grant {
+	return store.Grant{GrantID: rec.GrantID, Campaign: rec.Campaign, User: rec.User, Device: rec.Device, ClientIP: rec.ClientIP,
+		IdempotencyKey: rec.IdempotencyKey, Shard: rec.Shard, GrantedAtNanos: rec.GrantedAtNanos, ValidFrom: rec.ValidFrom,
+		ValidUntil: rec.ValidUntil, FaceValue: rec.FaceValue, Node: node, LedgerSeq: rec.Seq}
 }
 
 // resumeFromStream returns the last_seq of the node's last message in the

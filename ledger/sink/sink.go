@@ -5,10 +5,15 @@
 // message acked. A crash before
 // the ack redelivers the batch; the primary key makes the repeat a no-op.
 //
-// A message that does not decode to a valid grant is terminated (never
-// redelivered), logged and counted: it cannot become valid by retrying, and
-// it must not block the grants behind it. Store errors are not acked: the
-// batch is redelivered after a bounded backoff.
+// A message that does not decode (bad JSON, unknown fields, no grants or too
+// many) is terminated (never redelivered), logged and counted: it cannot
+// become valid by retrying, and it must not block the grants behind it.
+// Inside a decoded message each grant stands alone: a grant the store can
+// never hold (store.Put: it fails store.Grant.Validate, or the database
+// refuses it for good) is set aside in the store's grants_set_aside table
+// with the reason, logged and counted (SetAside), and the message's other
+// grants are stored and the message acked. Transient store errors are not
+// acked: the batch is redelivered after a bounded backoff.
 //
 // One goroutine: Run. Several sinks may share the durable consumer (each
 // message goes to one of them).
@@ -59,6 +64,7 @@ type Sink struct {
 	o                  Options
 	stored, duplicates atomic.Int64
 	poison             atomic.Int64
+	setAside           atomic.Int64
 	lastStored         atomic.Int64 // unix nanos of the last commit that stored something
 }
 
@@ -79,7 +85,13 @@ func (s *Sink) Stored() int64     { return s.stored.Load() }
 func (s *Sink) Duplicates() int64 { return s.duplicates.Load() }
 func (s *Sink) Poison() int64     { return s.poison.Load() }
 
+// SetAside counts grants the store can never hold, set aside instead of stored.
+func (s *Sink) SetAside() int64 { return s.setAside.Load() }
+
 // Decode parses one stream message into its grants (untrusted bytes: fuzzed).
+// It refuses a message that is not a batch of 1..grantsPerMessageMax grants;
+// each grant's content is the store's to judge (store.Put), so that one bad
+// grant never takes the message's other grants with it.
 func Decode(data []byte) (relay.Batch, error) {
 	var b relay.Batch
 	if len(data) > messageLenMax {
@@ -95,11 +107,6 @@ func Decode(data []byte) (relay.Batch, error) {
 	}
 	if len(b.Grants) == 0 || len(b.Grants) > grantsPerMessageMax {
 		return b, fmt.Errorf("sink: batch of %d grants outside 1..%d", len(b.Grants), grantsPerMessageMax)
-	}
-	for i := range b.Grants {
-		if err := b.Grants[i].Validate(); err != nil {
-			return b, fmt.Errorf("sink: grant %d: %w", i, err)
-		}
 	}
 	return b, nil
 }
@@ -177,19 +184,25 @@ func (s *Sink) consume(ctx context.Context) error {
 func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, grants []store.Grant) error {
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	n := 0
+	n, aside := 0, 0
 	for lo := 0; lo < len(grants); lo += store.BatchMax {
-		k, err := s.o.Store.Upsert(wctx, grants[lo:min(lo+store.BatchMax, len(grants))])
+		res, err := s.o.Store.Put(wctx, grants[lo:min(lo+store.BatchMax, len(grants))])
 		if err != nil {
 			for _, m := range msgs {
 				_ = m.NakWithDelay(time.Second)
 			}
 			return fmt.Errorf("sink: store: %w", err)
 		}
-		n += k
+		n += res.Stored
+		aside += len(res.SetAside)
+		for _, a := range res.SetAside {
+			s.o.Logger.Error("sink: grant the store cannot hold set aside (grants_set_aside)", "grant_id", clip(a.Grant.GrantID),
+				"campaign", clip(a.Grant.Campaign), "node", clip(a.Grant.Node), "ledger_seq", a.Grant.LedgerSeq, "reason", a.Reason)
+		}
 	}
 	s.stored.Add(int64(n))
-	s.duplicates.Add(int64(len(grants) - n))
+	s.setAside.Add(int64(aside))
+	s.duplicates.Add(int64(len(grants) - n - aside))
 	if n > 0 {
 		s.lastStored.Store(time.Now().UnixNano())
 	}
@@ -197,4 +210,14 @@ func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, grants []store.G
 		_ = m.Ack() // a lost ack redelivers; the primary key absorbs it
 	}
 	return nil
+}
+
+// logFieldLenMax bounds a field of an untrusted grant written to the log.
+const logFieldLenMax = 128
+
+func clip(s string) string {
+	if len(s) > logFieldLenMax {
+		return s[:logFieldLenMax] + "…"
+	}
+	return s
 }

@@ -11,7 +11,18 @@
 //	grants(grant_id PK, campaign, user_id, device, client_ip, idempotency_key,
 //	       shard, granted_at (unix ns), valid_from, valid_until (unix s),
 //	       face_value (cents), node (gateway), ledger_seq, stored_at (unix ns))
+//	grants_set_aside(grant_id PK, campaign, node, ledger_seq, reason,
+//	       grant_json, set_aside_at (unix ns))      -- grants the store refused
 //	campaigns(id PK, definition JSON, updated_at)   -- snapshots for reporting
+//
+// What the store can hold is Grant.Validate: the field limits below (the
+// gateway refuses longer input before it grants; a test ties its limits to
+// these) and text PostgreSQL accepts (valid UTF-8, no NUL). A grant that
+// fails it, or that the database itself refuses for good (a data or
+// constraint error), can never be stored: Put sets it aside in
+// grants_set_aside with the reason instead of failing its whole batch, so
+// one bad record never blocks the grants behind it. Set-aside grants are
+// reported (SetAsideIDs, the audit) until an operator repairs them.
 package store
 
 import (
@@ -22,6 +33,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // driver "pgx"
 	_ "modernc.org/sqlite"             // driver "sqlite"
@@ -33,6 +45,19 @@ const (
 	BatchMax = 500
 	// PageMax bounds one page of a listing.
 	PageMax = 1000
+
+	// Field limits of a stored grant, in bytes. Ids are short tokens; the
+	// gateway's limits on what it accepts are at most these.
+	GrantIDLenMax        = 64
+	CampaignLenMax       = 64
+	UserLenMax           = 128
+	DeviceLenMax         = 128
+	IdempotencyKeyLenMax = 64
+	NodeLenMax           = 128
+	// ClientIPLenMax: the longest IP address without a zone is 45 bytes
+	// ("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"); zones are dropped at
+	// the edge.
+	ClientIPLenMax = 64
 )
 
 // Grant is one stored grant.
@@ -52,22 +77,31 @@ type Grant struct {
 	LedgerSeq      uint64 `json:"ledger_seq"`
 }
 
-// Validate checks a grant arriving from the stream (untrusted bytes).
+// Validate checks a grant arriving from the stream (untrusted bytes): nil
+// means the store can hold it.
 func (g *Grant) Validate() error {
 	var errs []error
-	if g.GrantID == "" || len(g.GrantID) > 64 {
-		errs = append(errs, errors.New("grant_id must be 1..64 bytes"))
+	field := func(name, v string, minLen, maxLen int) {
+		switch {
+		case len(v) < minLen || len(v) > maxLen:
+			errs = append(errs, fmt.Errorf("%s must be %d..%d bytes, is %d", name, minLen, maxLen, len(v)))
+		case !storableText(v):
+			errs = append(errs, fmt.Errorf("%s must be UTF-8 text without NUL", name))
+		}
 	}
-	if g.Campaign == "" || len(g.Campaign) > 64 {
-		errs = append(errs, errors.New("campaign must be 1..64 bytes"))
-	}
-	if g.User == "" || len(g.User) > 128 {
-		errs = append(errs, errors.New("user must be 1..128 bytes"))
-	}
-	if len(g.Device) > 128 || len(g.ClientIP) > 64 || len(g.IdempotencyKey) > 64 || len(g.Node) > 128 {
-		errs = append(errs, errors.New("device/client_ip/idempotency_key/node too long"))
-	}
+	field("grant_id", g.GrantID, 1, GrantIDLenMax)
+	field("campaign", g.Campaign, 1, CampaignLenMax)
+	field("user", g.User, 1, UserLenMax)
+	field("device", g.Device, 0, DeviceLenMax)
+	field("client_ip", g.ClientIP, 0, ClientIPLenMax)
+	field("idempotency_key", g.IdempotencyKey, 0, IdempotencyKeyLenMax)
+	field("node", g.Node, 0, NodeLenMax)
 	return errors.Join(errs...)
+}
+
+// storableText: PostgreSQL text holds valid UTF-8 without NUL.
+func storableText(s string) bool {
+	return utf8.ValidString(s) && strings.IndexByte(s, 0) < 0
 }
 
 // Store is an open grant store.
@@ -133,6 +167,15 @@ func (s *Store) migrate(ctx context.Context) error {
 			stored_at BIGINT NOT NULL)`,
 		`CREATE INDEX IF NOT EXISTS grants_by_user ON grants (user_id, granted_at)`,
 		`CREATE INDEX IF NOT EXISTS grants_by_campaign ON grants (campaign, grant_id)`,
+		`CREATE TABLE IF NOT EXISTS grants_set_aside (
+			grant_id TEXT PRIMARY KEY,
+			campaign TEXT NOT NULL,
+			node TEXT NOT NULL,
+			ledger_seq BIGINT NOT NULL,
+			reason TEXT NOT NULL,
+			grant_json TEXT NOT NULL,
+			set_aside_at BIGINT NOT NULL)`,
+		`CREATE INDEX IF NOT EXISTS grants_set_aside_by_campaign ON grants_set_aside (campaign, grant_id)`,
 		`CREATE TABLE IF NOT EXISTS campaigns (id TEXT PRIMARY KEY, definition TEXT NOT NULL, updated_at BIGINT NOT NULL)`,
 	}
 	for _, q := range stmts {
