@@ -342,10 +342,10 @@ func ledgerDir(dir string) string {
 func printAudit(w io.Writer, rep gateway.AuditReport, source string) {
 	fmt.Fprintf(w, "audit of node %s (%s); ledgers %s; relay backlog %d\n\n", rep.Node, source, strings.Join(rep.Ledgers, " "), rep.RelayBacklog)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "campaign\tstock\tredis granted\tredis remaining\tunsettled\theld\tledger\tstream\tstore\tmissing in store\textra in store\tmax/user\t")
+	fmt.Fprintln(tw, "campaign\tstock\tredis granted\tredis remaining\tunsettled\theld\tledger\tstream\tstore\tmissing in store\tset aside\textra in store\tmax/user\t")
 	for _, r := range rep.Campaigns {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d/%d\t\n", r.Campaign, r.Stock, r.RedisGranted, r.RedisRemaining,
-			r.Unsettled, r.Held, r.Ledger, r.Stream, r.Store, r.MissingInStore, r.ExtraInStore, r.StoreMaxPerUser, r.PerUserLimit)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d/%d\t\n", r.Campaign, r.Stock, r.RedisGranted, r.RedisRemaining,
+			r.Unsettled, r.Held, r.Ledger, r.Stream, r.Store, r.MissingInStore, r.SetAside, r.ExtraInStore, r.StoreMaxPerUser, r.PerUserLimit)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
