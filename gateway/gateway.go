@@ -11,7 +11,8 @@
 //
 // Goroutines, each ending when Run's context ends: the two fasthttp servers,
 // the campaign watch (campaign.Registry.Run), the Redis connector, the stats
-// flusher, the transfer sweeper, the settler of unknown outcomes (unknown.go),
+// flusher, the transfer sweeper, the allotment loop that puts committed
+// campaign units on the shards (allot.go), the settler of unknown outcomes (unknown.go),
 // the relay (ledger → JetStream), the reconciler and, when embedded, the sink
 // (JetStream → SQL store) — pipeline.go. Handler goroutines share only the
 // registry snapshot (atomic pointer), the sold-out flags and stats counters
@@ -94,7 +95,8 @@ type Gateway struct {
 	metrics   *metrics
 	stats     statsCounters
 	unknown   chan unknownClaim
-	soldOut   sync.Map // campaign id -> *atomic.Int64 (unix nanos until which sold_out is answered locally)
+	soldOut   sync.Map   // campaign id -> *atomic.Int64 (unix nanos until which sold_out is answered locally)
+	allot     allotState // units of committed definitions onto the shards (allot.go)
 
 	public, admin     *fasthttp.Server
 	publicLn, adminLn net.Listener
@@ -154,8 +156,9 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 		return nil, err
 	}
 	g.snapshots = make(chan string, snapshotQueueMax)
+	g.allot.queue = make(chan string, allotQueueMax)
 	g.reg.OnChange = func(id string) {
-		g.soldOutFlag(id).Store(0) // stock may have been added: re-probe at once
+		g.definitionChanged(id) // units may have grown: allot, then re-probe at once
 		select {
 		case g.snapshots <- id: // reporting snapshot, written by saveSnapshots
 		default:
@@ -260,7 +263,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	loops := []func(context.Context){g.reg.Run, g.connectRedis, g.flushStats, g.sweepTransfers, g.settleUnknown, g.relay.Run, g.reconcile,
+	loops := []func(context.Context){g.reg.Run, g.connectRedis, g.flushStats, g.sweepTransfers, g.allotLoop, g.settleUnknown, g.relay.Run, g.reconcile,
 		g.watchRisk, g.collectAlerts, g.deliverWebhooks, g.saveSnapshots}
 	if g.sink != nil {
 		loops = append(loops, g.sink.Run)
