@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"time"
@@ -43,7 +44,7 @@ func NewClaimTarget(url, campaign string, users int, mint func(user string) (str
 	return t, nil
 }
 
-// CreateCampaign creates (or reuses, on 409) a campaign through the admin API.
+// CreateCampaign creates (or reuses, on 409 exists) a campaign through the admin API.
 func CreateCampaign(adminURL, adminToken string, def map[string]any) error {
 	if _, ok := def["starts_at"]; !ok {
 		def["starts_at"] = time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
@@ -59,9 +60,15 @@ func CreateCampaign(adminURL, adminToken string, def map[string]any) error {
 		return fmt.Errorf("bench: create campaign: %w", err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != 201 && resp.StatusCode != 409 {
-		var body bytes.Buffer
-		_, _ = body.ReadFrom(resp.Body)
+	var body bytes.Buffer
+	_, _ = body.ReadFrom(io.LimitReader(resp.Body, 64<<10))
+	var answer struct {
+		Status string `json:"status"`
+	}
+	_ = json.Unmarshal(body.Bytes(), &answer)
+	// 409 "exists" is a campaign to reuse; 409 "leftover_state" (keys of an
+	// earlier campaign of that id, its definition gone) is not.
+	if resp.StatusCode != 201 && (resp.StatusCode != 409 || answer.Status != "exists") {
 		return fmt.Errorf("bench: create campaign: HTTP %d %s", resp.StatusCode, body.String())
 	}
 	return nil

@@ -16,6 +16,7 @@ import (
 
 	"github.com/flashgate/flashgate/gateway/campaign"
 	"github.com/flashgate/flashgate/gateway/status"
+	"github.com/flashgate/flashgate/gateway/stock"
 )
 
 // role of an admin token; a higher rank may do everything a lower one may.
@@ -159,13 +160,21 @@ func (g *Gateway) adminCreateCampaign(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	// Stock first, then the definition: a campaign visible to gateways always
-	// has its shards initialised (Init is idempotent, so a retry is safe).
+	// has its shards initialised. Init refuses any other state under the id
+	// (an earlier campaign's shards, grant sets, audience or codes), so two
+	// campaigns never share state; a retry of a create that failed after
+	// Init finds its own untouched shards and goes on.
 	st := g.stock()
 	if st == nil {
 		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", "redis unavailable")
 		return
 	}
 	if err := st.Init(rctx, c.ID, c.Units(), c.Shards); err != nil {
+		if errors.Is(err, stock.ErrLeftover) {
+			adminError(ctx, fasthttp.StatusConflict, "leftover_state", err.Error()+
+				"; a campaign id is never reused over another campaign's state: create this one under a new id, or, once every grant of the earlier one is settled and no longer needed in Redis, delete its keys (fg:{"+c.ID+".<shard>}:*) and create again")
+			return
+		}
 		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
 		return
 	}

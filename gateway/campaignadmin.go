@@ -18,7 +18,6 @@ import (
 
 	"github.com/flashgate/flashgate/gateway/campaign"
 	"github.com/flashgate/flashgate/gateway/ratelimit"
-	"github.com/flashgate/flashgate/gateway/stock"
 )
 
 const (
@@ -123,16 +122,20 @@ func (g *Gateway) adminCampaignItem(ctx *fasthttp.RequestCtx, r role, id, sub st
 }
 
 // patchCampaign applies a change with optimistic concurrency on the KV
-// revision. New units reach the shards (idempotent by change id) before the
-// definition says so, so claims never see a stock the shards do not hold.
+// revision. The definition is the authority for a campaign's units: the
+// change is committed there first, and only a committed definition's unit
+// total is put on the shards (stock.Allot: absolute, idempotent, never
+// backwards), so a PATCH that loses the compare-and-swap, or fails
+// validation on its retry, has left nothing in Redis, and whatever the
+// interleaving the shards hold exactly the units of the last definition.
+// The answer is 200 only once those units are on the shards; if Redis fails
+// in between, the change stays committed, every gateway's allotment loop
+// (allot.go) finishes it, and a retry with the same change_id confirms it.
 func (g *Gateway) patchCampaign(ctx *fasthttp.RequestCtx, rctx context.Context, id string, p *campaign.Patch, del bool) {
 	st := g.stock()
 	if st == nil {
 		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", "redis unavailable")
 		return
-	}
-	if p.ChangeID == "" {
-		p.ChangeID = stock.NewGrantID(g.now())
 	}
 	for attempt := 0; attempt < patchAttemptsMax; attempt++ {
 		old, rev, err := g.reg.Revision(rctx, id)
@@ -144,35 +147,46 @@ func (g *Gateway) patchCampaign(ctx *fasthttp.RequestCtx, rctx context.Context, 
 			adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
 			return
 		}
-		var n campaign.Campaign
-		if del {
-			n = *old
+		n := *old
+		replay := !del && p.ChangeID != "" && old.HasChange(p.ChangeID)
+		switch {
+		case del:
 			n.Deleted = true
-		} else {
+		case !replay:
 			pp := *p
 			if n, err = old.Apply(&pp); err != nil {
 				adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", err.Error(), campaign.Fields(err)...)
 				return
 			}
 		}
-		if delta := n.Units() - old.Units(); delta > 0 {
-			if err := st.Add(rctx, id, old.Shards, delta, p.ChangeID); err != nil {
+		if n.Units() > old.Units() {
+			// The shards first hold the committed definition's units (a shard
+			// created before allotments were recorded adopts them here, before
+			// any larger total is committed), and Redis is known to answer.
+			if err := st.Allot(rctx, id, old.Shards, old.Units()); err != nil {
+				adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", "nothing changed: "+err.Error())
+				return
+			}
+		}
+		if !replay {
+			rev, err = g.reg.Update(rctx, &n, rev)
+			if errors.Is(err, campaign.ErrConflict) {
+				continue // someone else changed it: apply this change to theirs
+			}
+			if err != nil {
 				adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
 				return
 			}
 		}
-		err = g.reg.Update(rctx, &n, rev)
-		if errors.Is(err, campaign.ErrConflict) {
-			continue // someone else changed it; the stock add is idempotent by change id
+		if !del {
+			if err := g.allotUnits(rctx, st, &n); err != nil {
+				adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable",
+					"the change is committed but its units are not yet on the shards ("+err.Error()+"); every gateway keeps putting them there, and a retry with the same change_id answers once they are")
+				return
+			}
 		}
-		if err != nil {
-			adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
-			return
-		}
-		g.waitVisible(id, func(c *campaign.Campaign) bool {
-			return c.Stock == n.Stock && c.Paused == n.Paused && c.Deleted == n.Deleted && c.EndsAt.Equal(n.EndsAt) && c.Draft == n.Draft
-		})
-		g.log.Info("campaign changed", "id", id, "stock", n.Stock, "units", n.Units(), "paused", n.Paused, "deleted", n.Deleted)
+		g.waitVisible(id, func(c *campaign.Campaign) bool { return c.Revision >= rev })
+		g.log.Info("campaign changed", "id", id, "change_id", p.ChangeID, "replay", replay, "stock", n.Stock, "units", n.Units(), "paused", n.Paused, "deleted", n.Deleted)
 		adminJSON(ctx, fasthttp.StatusOK, g.campaignView(rctx, &n, true))
 		return
 	}

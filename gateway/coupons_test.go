@@ -263,7 +263,7 @@ func TestAddStockMidDrop(t *testing.T) {
 		}
 	}
 	// Pause, resume, extend, delete.
-	adminOK(t, s, "PATCH", "/admin/v1/campaigns/grow", map[string]any{"add_stock": 5, "paused": true}, 200)
+	adminOK(t, s, "PATCH", "/admin/v1/campaigns/grow", map[string]any{"add_stock": 5, "paused": true, "change_id": "restock-2"}, 200)
 	if a, _ := s.Claim(ctx, stack.ClaimRequest{Campaign: "grow", User: "late-1", Device: "d"}); a.Status != "paused" || a.HTTP != 409 {
 		t.Fatalf("paused: %+v", a)
 	}

@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -58,9 +59,20 @@ func SetUpDemo(ctx context.Context, cfg Config, publicAddr, adminAddr string, ou
 	if err != nil {
 		return err
 	}
+	var answer struct {
+		Status string `json:"status"`
+		Error  string `json:"error"`
+	}
+	_ = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&answer)
 	resp.Body.Close()
-	if resp.StatusCode != 201 && resp.StatusCode != 409 {
-		return fmt.Errorf("creating the demo campaign: HTTP %d", resp.StatusCode)
+	switch {
+	case resp.StatusCode == 409 && answer.Status == "leftover_state":
+		return fmt.Errorf("the demo campaign cannot be created: %s "+
+			"(Redis at %v kept the keys of an earlier demo whose definition is gone, e.g. the data dir was removed while "+
+			"redis-server kept running: delete those keys — redis-cli --scan --pattern 'fg:{demo.*' lists them — "+
+			"or restart that redis-server empty, then start again)", answer.Error, cfg.Redis.Addrs)
+	case resp.StatusCode != 201 && resp.StatusCode != 409:
+		return fmt.Errorf("creating the demo campaign: HTTP %d %s", resp.StatusCode, answer.Error)
 	}
 	tok, err := MintHS256(cfg.Auth.HS256Secret, "demo-user-1", 24*time.Hour)
 	if err != nil {

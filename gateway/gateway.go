@@ -13,7 +13,9 @@
 //
 // Goroutines, each ending when Run's context ends: the two fasthttp servers,
 // the campaign watch (campaign.Registry.Run), the Redis connector, the stats
-// flusher, the transfer sweeper, the settler and marker of unsettled grants (settle.go),
+// flusher, the transfer sweeper, the allotment loop that puts committed
+// campaign units on the shards (allot.go), the settler and marker of
+// unsettled grants (settle.go),
 // the relay (ledger → JetStream), the reconciler and, when embedded, the sink
 // (JetStream → SQL store) — pipeline.go. Handler goroutines share only the
 // registry snapshot (atomic pointer), the sold-out flags and stats counters
@@ -101,6 +103,7 @@ type Gateway struct {
 	marks     chan stock.Settled // grants whose unsettled field can go (settle.go)
 	settled   atomic.Bool        // the first settlement pass succeeded: claims may be taken
 	soldOut   sync.Map           // campaign id -> *atomic.Int64 (unix nanos until which sold_out is answered locally)
+	allot     allotState         // units of committed definitions onto the shards (allot.go)
 
 	public, admin     *fasthttp.Server
 	publicLn, adminLn net.Listener
@@ -168,8 +171,9 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 		return nil, err
 	}
 	g.snapshots = make(chan string, snapshotQueueMax)
+	g.allot.queue = make(chan string, allotQueueMax)
 	g.reg.OnChange = func(id string) {
-		g.soldOutFlag(id).Store(0) // stock may have been added: re-probe at once
+		g.definitionChanged(id) // units may have grown: allot, then re-probe at once
 		select {
 		case g.snapshots <- id: // reporting snapshot, written by saveSnapshots
 		default:
@@ -274,7 +278,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	loops := []func(context.Context){g.reg.Run, g.connectRedis, g.flushStats, g.sweepTransfers, g.settleUnsettled, g.markSettled, g.relay.Run, g.reconcile,
+	loops := []func(context.Context){g.reg.Run, g.connectRedis, g.flushStats, g.sweepTransfers, g.allotLoop, g.settleUnsettled, g.markSettled, g.relay.Run, g.reconcile,
 		g.watchRisk, g.collectAlerts, g.deliverWebhooks, g.saveSnapshots}
 	if g.sink != nil {
 		loops = append(loops, g.sink.Run)

@@ -63,7 +63,10 @@ type Scope struct {
 	Brands     []string `json:"brands,omitempty"`
 }
 
-// ChangesKeptMax bounds the change ids remembered per campaign.
+// ChangesKeptMax bounds the change ids remembered per campaign: a retry is
+// recognised while its change is among the campaign's last ChangesKeptMax
+// changes that carried a change_id (a client retries within seconds or
+// minutes; the bound keeps the definition small).
 const ChangesKeptMax = 64
 
 // ScopeEntriesMax bounds each scope list.
@@ -136,12 +139,17 @@ type Campaign struct {
 	Deleted      bool      `json:"deleted,omitempty"`
 	CreatedAt    time.Time `json:"created_at"`
 	// Changes lists the change ids of applied PATCHes (the last
-	// ChangesKeptMax), so a retried add_stock adds once.
+	// ChangesKeptMax), so a retried PATCH changes nothing more. The units
+	// on the shards follow the definition (package stock), so the
+	// definition alone decides whether a change applied.
 	Changes []string `json:"changes,omitempty"`
 
 	// CouponJSON is Coupon encoded once when the definition is loaded, for
 	// the claim answer (the hot path does not marshal it per grant).
 	CouponJSON []byte `json:"-"`
+	// Revision is the KV revision this copy was read at (0 if not read from
+	// the bucket); a later change has a higher one.
+	Revision uint64 `json:"-"`
 }
 
 // State of a campaign at an instant.
@@ -359,30 +367,43 @@ func (c *Campaign) Units() int64 {
 }
 
 // Patch is an operator's change to a live campaign. It never touches a grant
-// already made: stock only grows, and windows and states apply to future claims.
+// already made: stock only grows, units (Units) never shrink, and windows and
+// states apply to future claims.
 type Patch struct {
 	AddStock int64      `json:"add_stock,omitempty"`
 	Budget   *int64     `json:"budget,omitempty"`
 	Paused   *bool      `json:"paused,omitempty"`
 	Draft    *bool      `json:"draft,omitempty"` // false publishes a draft
 	EndsAt   *time.Time `json:"ends_at,omitempty"`
-	// ChangeID makes an add_stock retry-safe: the same id adds once.
+	// ChangeID makes a PATCH retry-safe: a change whose id the campaign
+	// remembers (Changes) is not applied again. Required with add_stock, the
+	// one field that is a delta: without an id its retry would add again.
 	ChangeID string `json:"change_id,omitempty"`
 }
 
-// Apply returns the patched copy, validated; the added units for the shards
-// are new.Units() - old.Units().
+// HasChange reports whether a PATCH with this change id has been applied
+// (among the last ChangesKeptMax).
+func (c *Campaign) HasChange(id string) bool {
+	for _, x := range c.Changes {
+		if x == id {
+			return true
+		}
+	}
+	return false
+}
+
+// Apply returns the patched copy, validated. A patch whose change id the
+// campaign already holds is a retry: the copy is unchanged. The copy's
+// Units() is never below c.Units(): units on the shards cannot be taken back.
 func (c *Campaign) Apply(p *Patch) (Campaign, error) {
 	n := *c
 	n.CouponJSON = nil
 	n.Changes = append([]string(nil), c.Changes...)
+	if p.ChangeID != "" && c.HasChange(p.ChangeID) {
+		return n, nil // a retry of an applied change: nothing more to do
+	}
 	var errs []error
 	if p.ChangeID != "" {
-		for _, id := range c.Changes {
-			if id == p.ChangeID { // a retry of an applied change: nothing more to add
-				p.AddStock = 0
-			}
-		}
 		n.Changes = append(n.Changes, p.ChangeID)
 		if len(n.Changes) > ChangesKeptMax {
 			n.Changes = n.Changes[len(n.Changes)-ChangesKeptMax:]
@@ -390,11 +411,13 @@ func (c *Campaign) Apply(p *Patch) (Campaign, error) {
 	}
 	if p.AddStock < 0 || p.AddStock > StockMax {
 		errs = append(errs, &FieldError{Field: "add_stock", Msg: "must be 0..2^40 (stock only grows; unclaimed units are never taken back)"})
+	} else if p.AddStock > 0 && p.ChangeID == "" {
+		errs = append(errs, &FieldError{Field: "change_id", Msg: "is required with add_stock: send one id per change and reuse it on every retry, so a retry (after a timeout or a 503) adds once"})
 	}
-	n.Stock += p.AddStock
+	n.Stock += max(p.AddStock, 0)
 	if p.Budget != nil {
 		if *p.Budget < c.Budget {
-			errs = append(errs, &FieldError{Field: "budget", Msg: "may only grow"})
+			errs = append(errs, &FieldError{Field: "budget", Msg: fmt.Sprintf("may only grow (it is %d)", c.Budget)})
 		}
 		n.Budget = *p.Budget
 	}
@@ -418,6 +441,12 @@ func (c *Campaign) Apply(p *Patch) (Campaign, error) {
 	}
 	if err := n.Validate(); err != nil {
 		errs = append(errs, err)
+	} else if n.Units() < c.Units() {
+		// Only a budget can lower the units (stock only grows): one set on a
+		// campaign that had none, below what its stock already put on the shards.
+		errs = append(errs, &FieldError{Field: "budget", Msg: fmt.Sprintf(
+			"%d allows %d units, fewer than the %d already on the shards (units are never taken back): at least %d",
+			n.Budget, n.Units(), c.Units(), c.Units()*n.Coupon.FaceValue())})
 	}
 	return n, errors.Join(errs...)
 }

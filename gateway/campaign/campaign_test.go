@@ -99,9 +99,15 @@ func TestUnitsAndPatch(t *testing.T) {
 	if c.Units() != 200 {
 		t.Fatalf("budget 100000 / face 500 caps units at 200, got %d", c.Units())
 	}
-	n, err := c.Apply(&Patch{AddStock: 50})
+	n, err := c.Apply(&Patch{AddStock: 50, ChangeID: "add-50"})
 	if err != nil || n.Stock != 1050 || n.Units() != 200 {
 		t.Fatalf("add stock under a binding budget: %+v %v", n.Units(), err)
+	}
+	if again, err := n.Apply(&Patch{AddStock: 50, ChangeID: "add-50"}); err != nil || again.Stock != 1050 || len(again.Changes) != 1 {
+		t.Fatalf("a retried change applied again: stock %d, changes %v, %v", again.Stock, again.Changes, err)
+	}
+	if _, err := c.Apply(&Patch{AddStock: 50}); !slices.Equal(Fields(err), []string{"change_id"}) {
+		t.Fatalf("add_stock without change_id: %v", err)
 	}
 	b := int64(200_000)
 	if n, err = c.Apply(&Patch{Budget: &b}); err != nil || n.Units() != 400 {
@@ -111,6 +117,16 @@ func TestUnitsAndPatch(t *testing.T) {
 	draft := true
 	if _, err := c.Apply(&Patch{AddStock: -1, Budget: &lower, Draft: &draft}); err == nil || len(Fields(err)) < 3 {
 		t.Fatalf("bad patch: %v", err)
+	}
+	// A first budget on a campaign without one may cap future stock, never
+	// the units already there.
+	open := valid()
+	open.Stock = 1000
+	for budget, ok := range map[int64]bool{499_999: false, 500_000: true, 900_000: true} {
+		_, err := open.Apply(&Patch{Budget: &budget})
+		if (err == nil) != ok || (!ok && !slices.Equal(Fields(err), []string{"budget"})) {
+			t.Errorf("budget %d on 1000 units of face 500: %v", budget, err)
+		}
 	}
 	early := c.StartsAt.Add(-time.Hour)
 	if _, err := c.Apply(&Patch{EndsAt: &early}); err == nil || !slices.Contains(Fields(err), "ends_at") {

@@ -135,6 +135,7 @@ func (r *Registry) apply(m map[string]*Campaign, e jetstream.KeyValueEntry) {
 		return
 	}
 	c.CouponJSON, _ = json.Marshal(&c.Coupon)
+	c.Revision = e.Revision()
 	m[c.ID] = &c
 }
 
@@ -210,6 +211,7 @@ func (r *Registry) Lookup(ctx context.Context, id string) (*Campaign, error) {
 	if err := json.Unmarshal(e.Value(), &c); err != nil {
 		return nil, fmt.Errorf("campaign: decode %s: %w", id, err)
 	}
+	c.Revision = e.Revision()
 	return &c, nil
 }
 
@@ -226,23 +228,26 @@ func (r *Registry) Revision(ctx context.Context, id string) (*Campaign, uint64, 
 	if err := json.Unmarshal(e.Value(), &c); err != nil {
 		return nil, 0, fmt.Errorf("campaign: decode %s: %w", id, err)
 	}
+	c.Revision = e.Revision()
 	return &c, e.Revision(), nil
 }
 
 // ErrConflict is returned by Update when the definition changed meanwhile.
 var ErrConflict = errors.New("campaign: changed concurrently; retry")
 
-// Update writes c if the stored revision is still rev.
-func (r *Registry) Update(ctx context.Context, c *Campaign, rev uint64) error {
+// Update writes c if the stored revision is still rev, and returns the
+// revision it wrote.
+func (r *Registry) Update(ctx context.Context, c *Campaign, rev uint64) (uint64, error) {
 	b, err := json.Marshal(c)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if _, err := r.kv.Update(ctx, c.ID, b, rev); err != nil {
+	next, err := r.kv.Update(ctx, c.ID, b, rev)
+	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyExists) {
-			return ErrConflict
+			return 0, ErrConflict
 		}
-		return fmt.Errorf("campaign: update: %w", err)
+		return 0, fmt.Errorf("campaign: update: %w", err)
 	}
-	return nil
+	return next, nil
 }

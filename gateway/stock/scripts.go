@@ -131,25 +131,46 @@ end
 return {8}
 `)
 
-// initScript sets a shard's initial stock once. KEYS: 1 stock  2 granted
-// ARGV: 1 units.
+// initScript creates a shard, or finds it exactly as this script creates it.
+// KEYS: the shard's stateKeys (1 stock  2 granted  3 alloc  4 xfer  5 aud
+// 6 codes)   ARGV: 1 units. Reply {7, initCreated | initSame | initOther};
+// with initOther nothing is written (the shard holds other state).
 var initScript = rueidis.NewLuaScript(`
-if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
-  redis.call('SET', KEYS[2], '0', 'NX')
+local s = redis.call('GET', KEYS[1])
+if not s then
+  if redis.call('EXISTS', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]) > 0 then return {7, -1} end
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], '0')
+  redis.call('SET', KEYS[3], ARGV[1])
   return {7, 1}
 end
-return {7, 0}
+if s == ARGV[1] and redis.call('GET', KEYS[3]) == ARGV[1] and redis.call('GET', KEYS[2]) == '0'
+   and redis.call('EXISTS', KEYS[4], KEYS[5], KEYS[6]) == 0 then
+  return {7, 0}
+end
+return {7, -1}
 `)
 
-// addScript adds units to a shard (PATCH stock). KEYS: 1 stock  2 add marker
-// ARGV: 1 units. Idempotent by the marker (one per change id and shard).
-var addScript = rueidis.NewLuaScript(`
+// allotScript raises a shard's allotment to a target (PATCH add_stock /
+// budget, and every gateway's convergence loop). KEYS: 1 stock  2 alloc
+// ARGV: 1 target. If target > alloc, stock += target - alloc and alloc =
+// target; otherwise nothing. Reply {7, units added} or {4} when the shard is
+// not initialised. A shard created before allotments were recorded (stock
+// but no alloc) adopts the target as its allotment without adding: the
+// caller passes the committed total it already holds first (package comment).
+var allotScript = rueidis.NewLuaScript(`
 if not redis.call('GET', KEYS[1]) then return {4} end
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 604800) then
-  redis.call('INCRBY', KEYS[1], ARGV[1])
-  return {7, 1}
+local t = tonumber(ARGV[1])
+local a = redis.call('GET', KEYS[2])
+if not a then
+  redis.call('SET', KEYS[2], ARGV[1])
+  return {7, 0}
 end
-return {7, 0}
+a = tonumber(a)
+if t <= a then return {7, 0} end
+redis.call('INCRBY', KEYS[1], t - a)
+redis.call('SET', KEYS[2], ARGV[1])
+return {7, t - a}
 `)
 
 // shardScript reads one shard consistently: {stock (-1 if missing), granted,
@@ -165,4 +186,16 @@ for _, rec in ipairs(redis.call('HVALS', KEYS[3])) do
   if k then pending = pending + tonumber(k) end
 end
 return {tonumber(s), tonumber(g), pending, redis.call('HLEN', KEYS[4])}
+`)
+
+// probeScript reads what a shard holds, for Init's leftover check. KEYS: the
+// shard's stateKeys. Reply {stock, granted, alloc (each -1 if missing),
+// pending transfers, audience size, codes}.
+var probeScript = rueidis.NewLuaScriptReadOnly(`
+local function num(k)
+  local v = redis.call('GET', k)
+  if not v then return -1 end
+  return tonumber(v)
+end
+return {num(KEYS[1]), num(KEYS[2]), num(KEYS[3]), redis.call('HLEN', KEYS[4]), redis.call('SCARD', KEYS[5]), redis.call('HLEN', KEYS[6])}
 `)

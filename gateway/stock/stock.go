@@ -9,6 +9,7 @@
 //
 //	fg:{c.s}:stock              remaining units on the shard (missing = not initialised)
 //	fg:{c.s}:granted            grants made on the shard
+//	fg:{c.s}:alloc              units allotted to the shard in total (Init, Allot); never decreases
 //	fg:{c.s}:u:<user>           SET of the user's grant ids   (only on the user's home shard)
 //	fg:{c.s}:a:<n>:<user>:<attempt>  the idempotency record of one claim attempt (TTL):
 //	                            "<grant id>|<node>|<valid from>|<valid until>"; n = len(user),
@@ -20,6 +21,48 @@
 //	fg:{c.s}:xdone:<transfer id> tombstone of a finished transfer on the donor (TTL 7 days)
 //	fg:{c.s}:aud                SET of targeted users whose home shard is s
 //	fg:{c.0}:codes              HASH code -> "" (unused) | grant id (code campaigns have one shard)
+//
+// # Units follow the definition (I1 in money)
+//
+// A campaign's unit total (stock, capped by budget / face value) is decided
+// by its definition in the NATS KV bucket, changed only by compare-and-swap,
+// and it only grows. Redis never receives a delta. Shard i is allotted
+// Split(units)[i] — the count of j < units with j mod S = i, which never
+// decreases as units grow — and alloc records what it has been given:
+//
+//	Allot(units): on each shard, if target > alloc { stock += target - alloc; alloc = target }
+//
+// Allot is idempotent, commutes with itself and never takes a unit back, so
+// shards that have seen any set of totals hold exactly the largest; as every
+// total passed to Allot is one a definition committed, and committed totals
+// only grow, the shards converge on the definition's units whatever the
+// interleaving of PATCHes, retries and crashes:
+//
+//	PATCH:   read definition (rev) → validate → Allot(old units) → CAS(rev) → Allot(new units) → 200
+//	         (a lost CAS re-reads and re-validates; it has put nothing on the shards)
+//	gateway: on every definition change it sees, and every tick for totals it
+//	         has not seen on the shards: Allot(committed units)
+//
+// The first Allot, of the total already committed, makes sure Redis answers
+// before anything is committed, and lets a shard created before allotments
+// were recorded (stock but no alloc) adopt that total as its allotment
+// without adding: every later, larger total is committed after it. Stealing
+// moves stock between shards and into pending transfers but never touches
+// alloc, so per campaign, between steals, Σ alloc = Σ stock + Σ granted +
+// pending transfers.
+//
+// # Creating a campaign
+//
+// Init writes stock = alloc = Split(units)[i] and granted = 0 on each shard,
+// after probing every shard index (0..ShardsMax-1) of the id. Any state there
+// other than exactly what this Init writes — stock, grant counters (users'
+// grant sets and attempt records exist only beside them), allotments,
+// pending transfers, an audience or codes of an earlier campaign of the id — is
+// refused with a LeftoverError and nothing is written: two campaigns never
+// share keys. initScript re-checks each shard atomically, so of two
+// concurrent creates of one id with different shards one wins. A create that
+// failed after Init (nothing can have claimed from shards no definition
+// names) is completed by its retry.
 //
 // # Claims and the per-user limit (I1, I2)
 //
@@ -263,8 +306,9 @@ func attemptKey(campaign string, shard int, user, attempt string) string {
 	return tag(campaign, shard) + "a:" + strconv.Itoa(len(user)) + ":" + user + ":" + attempt
 }
 
-// Split returns the initial units of each shard: stock divided as evenly as
-// possible.
+// Split returns each shard's share of stock units, divided as evenly as
+// possible: shard i gets the count of j < stock with j mod shards = i, so a
+// shard's share never decreases as stock grows (Allot relies on it).
 func Split(stock int64, shards int) []int64 {
 	out := make([]int64, shards)
 	for i := range out {
@@ -276,29 +320,53 @@ func Split(stock int64, shards int) []int64 {
 	return out
 }
 
-// Init sets each shard's initial stock. It is idempotent: shards already
-// initialised are left as they are.
+// Init creates a campaign's shards: shard i gets Split(units)[i] units and
+// the same figure as its allotment. Redis must hold nothing under the
+// campaign id except, on some shards, exactly what this Init writes (a
+// create that initialised them and then failed before its definition was
+// stored: nothing can have claimed from them); anything else is another
+// campaign's state, and Init returns a *LeftoverError (errors.Is ErrLeftover)
+// without writing. See "Creating a campaign" in the package comment.
 func (s *Store) Init(ctx context.Context, campaign string, stock int64, shards int) error {
 	if shards < 1 || shards > ShardsMax {
 		return fmt.Errorf("stock: shards %d outside 1..%d", shards, ShardsMax)
 	}
-	for i, units := range Split(stock, shards) {
-		keys := []string{StockKey(campaign, i), GrantedKey(campaign, i)}
-		if _, err := s.run(ctx, initScript, keys, []string{strconv.FormatInt(units, 10)}); err != nil {
+	want := Split(stock, shards)
+	found, err := s.probe(ctx, campaign)
+	if err != nil {
+		return err
+	}
+	if lo := found.leftover(campaign, want); lo != nil {
+		return lo
+	}
+	for i, units := range want {
+		r, err := s.run(ctx, initScript, stateKeys(campaign, i), []string{strconv.FormatInt(units, 10)})
+		if err != nil {
 			return err
+		}
+		if r.status != replyInitialized {
+			return fmt.Errorf("stock: init script status %d", r.status)
+		}
+		if r.n == initOther { // written between the probe and here: a concurrent create
+			return &LeftoverError{Campaign: campaign, Shards: []int{i}, Concurrent: true}
 		}
 	}
 	return nil
 }
 
-// Add spreads units over the shards, idempotent by changeID.
-func (s *Store) Add(ctx context.Context, campaign string, shards int, units int64, changeID string) error {
-	for i, u := range Split(units, shards) {
-		if u == 0 {
-			continue
-		}
-		keys := []string{StockKey(campaign, i), tag(campaign, i) + "add:" + changeID}
-		r, err := s.run(ctx, addScript, keys, []string{strconv.FormatInt(u, 10)})
+// Allot raises each shard's allotment to Split(units)[i], adding the
+// difference to its stock; a shard already allotted as much or more is left
+// as it is. units is the unit total of a committed definition (package
+// comment, "Units follow the definition"): Allot is idempotent, commutes
+// with any other Allot and never takes a unit back, so shards that have seen
+// any set of committed totals hold exactly the largest of them.
+func (s *Store) Allot(ctx context.Context, campaign string, shards int, units int64) error {
+	if shards < 1 || shards > ShardsMax {
+		return fmt.Errorf("stock: shards %d outside 1..%d", shards, ShardsMax)
+	}
+	for i, target := range Split(units, shards) {
+		keys := []string{StockKey(campaign, i), AllotKey(campaign, i)}
+		r, err := s.run(ctx, allotScript, keys, []string{strconv.FormatInt(target, 10)})
 		if err != nil {
 			return err
 		}
@@ -849,4 +917,170 @@ func (s *Store) ScanCodes(ctx context.Context, campaign string, fn func(code, gr
 		}
 		cursor = e.Cursor
 	}
+}
+
+// AllotKey is a shard's allotment: the units it has been given in total, by
+// Init and Allot (see "Units follow the definition").
+func AllotKey(campaign string, shard int) string { return tag(campaign, shard) + "alloc" }
+
+// stateKeys are the keys initScript and probeScript read on one shard:
+// every key that exists once a campaign's shard has been created or used,
+// except the per-user ones (which exist only next to a granted counter > 0).
+func stateKeys(campaign string, shard int) []string {
+	t := tag(campaign, shard)
+	return []string{t + "stock", t + "granted", t + "alloc", t + "xfer", t + "aud", t + "codes"}
+}
+
+// initScript's second reply element.
+const (
+	initSame    = 0  // the shard already held exactly what Init writes
+	initCreated = 1  // the shard was created
+	initOther   = -1 // the shard holds other state: nothing written
+)
+
+// ErrLeftover means Redis holds state under a campaign id that is not the
+// campaign being created (see LeftoverError).
+var ErrLeftover = errors.New("stock: leftover state under this campaign id")
+
+// LeftoverError describes the state Init found under a campaign id: the
+// shards and what they hold. errors.Is(err, ErrLeftover) is true.
+type LeftoverError struct {
+	Campaign   string
+	Shards     []int // shard indexes holding state
+	Granted    int64 // grants counted on them
+	Remaining  int64 // units on them
+	Transfers  int64 // pending stock transfers
+	Audience   int64 // targeted users listed
+	Codes      int64 // redemption codes
+	Concurrent bool  // written while Init ran: another create of the same id
+}
+
+func (e *LeftoverError) Is(target error) bool { return target == ErrLeftover }
+
+func (e *LeftoverError) Error() string {
+	if e.Concurrent {
+		return fmt.Sprintf("stock: campaign %q: shard %v was written by another create of the same id while this one ran", e.Campaign, e.Shards)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "stock: redis already holds state of an earlier campaign %q (its definition is gone): %s on %s",
+		e.Campaign, plural(e.Granted, "grant"), plural(int64(len(e.Shards)), "shard"))
+	fmt.Fprintf(&b, " (%s), %s remaining", shardList(e.Shards), plural(e.Remaining, "unit"))
+	if e.Transfers > 0 {
+		fmt.Fprintf(&b, ", %s pending", plural(e.Transfers, "stock transfer"))
+	}
+	if e.Audience > 0 {
+		fmt.Fprintf(&b, ", an audience of %s", plural(e.Audience, "user"))
+	}
+	if e.Codes > 0 {
+		fmt.Fprintf(&b, ", %s", plural(e.Codes, "redemption code"))
+	}
+	return b.String()
+}
+
+func plural(n int64, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.FormatInt(n, 10) + " " + noun + "s"
+}
+
+// shardList prints shard indexes compactly: "0-3, 7, 9-12".
+func shardList(shards []int) string {
+	var parts []string
+	for i := 0; i < len(shards); {
+		j := i
+		for j+1 < len(shards) && shards[j+1] == shards[j]+1 {
+			j++
+		}
+		if j > i {
+			parts = append(parts, fmt.Sprintf("%d-%d", shards[i], shards[j]))
+		} else {
+			parts = append(parts, strconv.Itoa(shards[i]))
+		}
+		i = j + 1
+	}
+	return strings.Join(parts, ", ")
+}
+
+// shardState is what probeScript reads on one shard; -1 = key missing.
+type shardState struct {
+	stock, granted, alloc, transfers, audience, codes int64
+}
+
+func (st shardState) empty() bool {
+	return st.stock < 0 && st.granted < 0 && st.alloc < 0 && st.transfers == 0 && st.audience == 0 && st.codes == 0
+}
+
+// probeResult is the state of every possible shard index of a campaign id.
+type probeResult [ShardsMax]shardState
+
+// probe reads every shard index a campaign id can have (ShardsMax scripts,
+// pipelined), since an earlier campaign of that id may have had more
+// shards than the new one.
+func (s *Store) probe(ctx context.Context, campaign string) (*probeResult, error) {
+	execs := make([]rueidis.LuaExec, ShardsMax)
+	for i := range execs {
+		execs[i] = rueidis.LuaExec{Keys: stateKeys(campaign, i)}
+	}
+	var out probeResult
+	for i, r := range probeScript.ExecMulti(ctx, s.c, execs...) {
+		v, err := r.AsIntSlice()
+		if err != nil || len(v) != 6 {
+			return nil, fmt.Errorf("%w: probe shard %d: %v", ErrUnavailable, i, err)
+		}
+		out[i] = shardState{v[0], v[1], v[2], v[3], v[4], v[5]}
+	}
+	return &out, nil
+}
+
+// leftover returns nil when every shard index holds nothing, or, below
+// len(want), exactly what Init writes for it; otherwise everything it found.
+func (p *probeResult) leftover(campaign string, want []int64) *LeftoverError {
+	other := false
+	for i, st := range p {
+		mine := i < len(want) && st.stock == want[i] && st.alloc == want[i] && st.granted == 0 &&
+			st.transfers == 0 && st.audience == 0 && st.codes == 0 // an earlier try of this very create
+		if !st.empty() && !mine {
+			other = true
+			break
+		}
+	}
+	if !other {
+		return nil
+	}
+	lo := &LeftoverError{Campaign: campaign}
+	for i, st := range p {
+		if st.empty() {
+			continue
+		}
+		lo.Shards = append(lo.Shards, i)
+		lo.Granted += max(st.granted, 0)
+		lo.Remaining += max(st.stock, 0)
+		lo.Transfers += st.transfers
+		lo.Audience += st.audience
+		lo.Codes += st.codes
+	}
+	return lo
+}
+
+// Allotted returns the sum of the shards' allotments: the units Redis has
+// been given for the campaign (it equals the definition's units once every
+// Allot of the committed definition has run).
+func (s *Store) Allotted(ctx context.Context, campaign string, shards int) (int64, error) {
+	cmds := make(rueidis.Commands, 0, shards)
+	for i := 0; i < shards; i++ {
+		cmds = append(cmds, s.c.B().Get().Key(AllotKey(campaign, i)).Build())
+	}
+	var n int64
+	for i, r := range s.c.DoMulti(ctx, cmds...) {
+		v, err := r.AsInt64()
+		if err != nil {
+			if rueidis.IsRedisNil(err) {
+				return 0, fmt.Errorf("%w: shard %d has no allotment", ErrNotInitialized, i)
+			}
+			return 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		n += v
+	}
+	return n, nil
 }
