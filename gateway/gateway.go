@@ -204,6 +204,7 @@ func (g *Gateway) openNATS(ctx context.Context) error {
 	if g.reg, err = campaign.OpenRegistry(octx, g.js, g.cfg.NATS.Replicas, g.log); err != nil {
 		return err
 	}
+	g.reg.Connected = g.nc.IsConnected // a lost connection makes the snapshot stale (I7)
 	return nil
 }
 
