@@ -35,6 +35,15 @@ type Config struct {
 	Alerts     AlertsConfig `koanf:"alerts"`
 	HTTP       HTTPConfig   `koanf:"http"`
 	Log        LogConfig    `koanf:"log"`
+
+	Metrics MetricsConfig `koanf:"metrics"` // where /metrics is served
+}
+
+type MetricsConfig struct {
+	// Public also serves /metrics on the public listener (it is always on
+	// the admin one). Off by default: claim rates and rejections by rule
+	// help whoever tunes a bot farm against the limits.
+	Public bool `koanf:"public"`
 }
 
 type RedisConfig struct {
@@ -210,7 +219,7 @@ func init() {
 		"auth.mode", "auth.hs256_secret", "auth.ed25519_public_key", "auth.trusted_proxies", "auth.leeway", "auth.issuer", "auth.audience",
 		"admin.tokens", "admin.pprof", "store.driver", "store.dsn", "claim.timeout", "claim.idempotency_ttl", "ledger.sync_interval_min",
 		"http.read_timeout", "http.write_timeout", "http.idle_timeout", "http.concurrency",
-		"http.max_conns_per_ip", "http.drain_timeout", "log.level",
+		"http.max_conns_per_ip", "http.drain_timeout", "log.level", "metrics.public",
 	} {
 		envKeys["FLASHGATE_"+strings.ToUpper(strings.ReplaceAll(key, ".", "_"))] = key
 	}
@@ -343,7 +352,7 @@ func (c *Config) Validate() error {
 		if len(tok) < 16 {
 			bad("admin.tokens", "token %q… is shorter than 16 characters", tok[:min(4, len(tok))])
 		}
-		if _, ok := roleRank[role]; !ok {
+		if _, ok := adminRoles[role]; !ok {
 			bad("admin.tokens", "role %q must be admin, risk or viewer", role)
 		}
 	}

@@ -9,6 +9,11 @@
 // append returned (I4); any dependency failure answers 503 "unavailable"
 // with Retry-After and grants nothing (I7).
 //
+// Both listeners dispatch through one route table (routes.go): method, path
+// template, the least role that may call it, and the handler. The router
+// checks the role (admin tokens by constant-time digest comparison) before
+// any handler runs.
+//
 // Goroutines, each ending when Run's context ends: the two fasthttp servers,
 // the campaign watch (campaign.Registry.Run), the Redis connector, the stats
 // flusher, the transfer sweeper, the settler of unknown outcomes (unknown.go),
@@ -90,7 +95,7 @@ type Gateway struct {
 	snapshots chan string
 	verify    *verifier
 	proxies   proxySet
-	roles     map[string]role
+	tokens    adminTokens // admin.tokens as digests; the admin router checks them
 	metrics   *metrics
 	stats     statsCounters
 	unknown   chan unknownClaim
@@ -130,10 +135,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 			return nil, err
 		}
 	}
-	g.roles = make(map[string]role, len(cfg.Admin.Tokens))
-	for tok, r := range cfg.Admin.Tokens {
-		g.roles[tok] = roleRank[r]
-	}
+	g.tokens = newAdminTokens(cfg.Admin.Tokens)
 	g.metrics = newMetrics()
 	g.unknown = make(chan unknownClaim, unknownOutcomesMax)
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
@@ -165,8 +167,8 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 		g.Close()
 		return nil, err
 	}
-	g.public = g.newServer("flashgate-public", g.handlePublic, serverBodyLenMax)
-	g.admin = g.newServer("flashgate-admin", g.handleAdmin, adminBodyLenMax)
+	g.public = g.newServer("flashgate-public", newRouter(g, false).serve, serverBodyLenMax)
+	g.admin = g.newServer("flashgate-admin", newRouter(g, true).serve, adminBodyLenMax)
 	return g, nil
 }
 
