@@ -27,14 +27,22 @@ type Alert struct {
 	Message   string    `json:"message"`
 }
 
-// keysMax bounds the keys a detector tracks; past it the oldest windows are
-// dropped wholesale (a flood of distinct keys is itself visible in metrics).
+// keysMax bounds the windows a detector keeps, and separately its
+// cool-down records. Past it, each new key evicts the least recently
+// observed one: a flood of fresh keys (a farm rotating device ids) ages out
+// the flood's own oldest keys, never the counters of keys observed now.
+// 1M windows are about 100 MB.
 const keysMax = 1 << 20
 
+// window is one key's fixed window (or, in the cool-down list, the time
+// its last alert fired, in start). prev and next link it into its list, in
+// the order keys were last observed.
 type window struct {
-	start time.Time
-	n     int64
-	bad   int64
+	start      time.Time
+	n          int64
+	bad        int64
+	key        string
+	prev, next *window
 }
 
 // Detector counts events in fixed windows per key and raises an alert when a
@@ -43,38 +51,61 @@ type Detector struct {
 	mu       sync.Mutex
 	cooldown time.Duration
 	windows  map[string]*window
-	fired    map[string]time.Time
+	fired    map[string]*window // start = when the key last alerted
+	// windowsByUse and firedByUse are the sentinels of the recency lists
+	// of windows and fired: next is the least recently observed.
+	windowsByUse, firedByUse window
 }
 
 // NewDetector returns a detector with the given cool-down.
 func NewDetector(cooldown time.Duration) *Detector {
-	return &Detector{cooldown: cooldown, windows: map[string]*window{}, fired: map[string]time.Time{}}
+	d := &Detector{cooldown: cooldown, windows: map[string]*window{}, fired: map[string]*window{}}
+	d.windowsByUse.prev, d.windowsByUse.next = &d.windowsByUse, &d.windowsByUse
+	d.firedByUse.prev, d.firedByUse.next = &d.firedByUse, &d.firedByUse
+	return d
 }
 
 // Cooldown is the detector's cool-down.
 func (d *Detector) Cooldown() time.Duration { return d.cooldown }
 
-func (d *Detector) win(key string, period time.Duration, now time.Time) *window {
-	w := d.windows[key]
-	if w == nil || now.Sub(w.start) >= period {
-		if w == nil && len(d.windows) >= keysMax {
-			d.windows = map[string]*window{}
+// slot returns key's entry in m, now the most recently observed of its list
+// (sentinel byUse); fresh reports a new, zero entry. A new key past
+// keysMax takes the place (and the memory) of the least recently observed.
+func slot(m map[string]*window, byUse *window, key string) (w *window, fresh bool) {
+	if w = m[key]; w != nil {
+		w.prev.next, w.next.prev = w.next, w.prev
+	} else {
+		if len(m) >= keysMax {
+			w = byUse.next
+			w.prev.next, w.next.prev = w.next, w.prev
+			delete(m, w.key)
+			*w = window{}
+		} else {
+			w = new(window)
 		}
-		w = &window{start: now}
-		d.windows[key] = w
+		w.key, fresh = key, true
+		m[key] = w
+	}
+	w.prev, w.next = byUse.prev, byUse
+	byUse.prev.next, byUse.prev = w, w
+	return w, fresh
+}
+
+func (d *Detector) win(key string, period time.Duration, now time.Time) *window {
+	w, fresh := slot(d.windows, &d.windowsByUse, key)
+	if fresh || now.Sub(w.start) >= period {
+		w.start, w.n, w.bad = now, 0, 0
 	}
 	return w
 }
 
 // allow applies the cool-down to an alert key.
 func (d *Detector) allow(key string, now time.Time) bool {
-	if last, ok := d.fired[key]; ok && now.Sub(last) < d.cooldown {
+	f, fresh := slot(d.fired, &d.firedByUse, key)
+	if !fresh && now.Sub(f.start) < d.cooldown {
 		return false
 	}
-	if len(d.fired) >= keysMax {
-		d.fired = map[string]time.Time{}
-	}
-	d.fired[key] = now
+	f.start = now
 	return true
 }
 
@@ -99,20 +130,19 @@ func (d *Detector) ObserveOutcome(campaign string, rejected bool, ratio float64,
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	key := AlertRejectionSpike + "|" + campaign
-	w := d.windows[key]
+	w, fresh := slot(d.windows, &d.windowsByUse, key)
 	var alert Alert
 	fire := false
-	if w != nil && now.Sub(w.start) >= period {
+	if !fresh && now.Sub(w.start) >= period {
 		if w.n >= minRequests && float64(w.bad) >= ratio*float64(w.n) && d.allow(key, now) {
 			share := float64(w.bad) / float64(w.n)
 			alert, fire = Alert{Kind: AlertRejectionSpike, Key: campaign, Observed: share, Threshold: ratio, At: now,
 				Message: fmt.Sprintf("%s rejected %d of %d claims (%.0f%%) in %v", campaign, w.bad, w.n, 100*share, period)}, true
 		}
-		w = nil
+		fresh = true
 	}
-	if w == nil {
-		w = &window{start: now}
-		d.windows[key] = w
+	if fresh {
+		w.start, w.n, w.bad = now, 0, 0
 	}
 	w.n++
 	if rejected {

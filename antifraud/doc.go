@@ -9,4 +9,10 @@
 // rules' windows. Concurrency: Blacklist and Detector are safe for
 // concurrent use (a read lock per lookup; one mutex per detector); Rules are
 // immutable once validated.
+//
+// Memory is bounded: a Detector keeps at most keysMax windows and keysMax
+// cool-down records, each map threaded on a list in the order its keys were
+// last observed. A new key past the bound evicts the least recently
+// observed one, so a flood of fresh keys evicts its own oldest keys and the
+// counters of keys observed meanwhile survive it.
 package antifraud

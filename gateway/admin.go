@@ -3,6 +3,8 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -19,102 +21,66 @@ import (
 	"github.com/flashgate/flashgate/gateway/stock"
 )
 
-// role of an admin token; a higher rank may do everything a lower one may.
-type role int
-
-const (
-	roleNone role = iota
-	roleViewer
-	roleRisk
-	roleAdmin
-)
-
-var roleRank = map[string]role{"viewer": roleViewer, "risk": roleRisk, "admin": roleAdmin}
-
 // adminWaitVisible bounds how long create waits for the gateway's own
 // registry to see the new campaign, so "201" means "claimable here".
 const adminWaitVisible = 2 * time.Second
 
-func (g *Gateway) handleAdmin(ctx *fasthttp.RequestCtx) {
-	path := ctx.Path()
-	if g.handleOps(ctx, path) {
-		return
-	}
-	if g.cfg.Admin.Pprof && bytes.HasPrefix(path, []byte("/debug/pprof/")) {
-		if g.adminRole(ctx) < roleAdmin {
-			adminError(ctx, fasthttp.StatusUnauthorized, "unauthenticated", "role admin required")
-			return
-		}
-		pprofHandler(ctx)
-		return
-	}
-	if isOpenAPIPath(string(path)) && ctx.IsGet() { // public document: no token needed
-		ctx.SetContentType("application/json")
-		ctx.SetBody(openAPI)
-		return
-	}
-	if !bytes.HasPrefix(path, []byte("/admin/v1/")) {
-		adminError(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint")
-		return
-	}
-	r := g.adminRole(ctx)
-	if r == roleNone {
-		adminError(ctx, fasthttp.StatusUnauthorized, "unauthenticated", "missing or unknown admin bearer token")
-		return
-	}
-	rest := strings.TrimPrefix(string(path), "/admin/v1/")
-	parts := strings.Split(rest, "/")
-	switch {
-	case parts[0] == "campaigns" && len(parts) == 1:
-		switch {
-		case ctx.IsGet():
-			g.adminListCampaigns(ctx)
-		case ctx.IsPost():
-			if r < roleAdmin {
-				adminError(ctx, fasthttp.StatusForbidden, "forbidden", "role admin required")
-				return
-			}
-			g.adminCreateCampaign(ctx)
-		default:
-			adminError(ctx, fasthttp.StatusMethodNotAllowed, "invalid_request", "GET or POST")
-		}
-	case parts[0] == "campaigns" && len(parts) == 3 && parts[2] == "grants":
-		if !ctx.IsGet() {
-			adminError(ctx, fasthttp.StatusMethodNotAllowed, "invalid_request", "GET")
-			return
-		}
-		g.adminCampaignGrants(ctx, parts[1])
-	case parts[0] == "risk" && len(parts) >= 2:
-		g.handleRiskAdmin(ctx, r, strings.TrimPrefix(rest, "risk/"))
-	case parts[0] == "audit" && len(parts) == 1:
-		rctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		rep, err := g.Audit(rctx)
-		if err != nil {
-			adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
-			return
-		}
-		adminJSON(ctx, fasthttp.StatusOK, rep)
-	case parts[0] == "campaigns" && len(parts) == 2:
-		if !ctx.IsGet() {
-			g.adminCampaignItem(ctx, r, parts[1], "")
-			return
-		}
-		g.adminGetCampaign(ctx, parts[1])
-	case parts[0] == "campaigns" && len(parts) == 3 && (parts[2] == "audience" || parts[2] == "codes"):
-		g.adminCampaignItem(ctx, r, parts[1], parts[2])
-	default:
-		adminError(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint")
-	}
+// tokenDigest is the SHA-256 of an admin token.
+type tokenDigest [sha256.Size]byte
+
+// adminTokens holds the configured admin tokens as SHA-256 digests, never
+// the tokens themselves. A presented token is hashed and compared with
+// every digest with subtle.ConstantTimeCompare, and the role is picked
+// without a branch: neither a map lookup (whose key comparison stops at the
+// first differing byte) nor an early exit tells a caller how close a guess
+// came, or which entry matched.
+type adminTokens []adminToken
+
+type adminToken struct {
+	digest tokenDigest
+	role   Role
 }
 
-func (g *Gateway) adminRole(ctx *fasthttp.RequestCtx) role {
-	authz := string(ctx.Request.Header.Peek("Authorization"))
-	tok, ok := strings.CutPrefix(authz, "Bearer ")
-	if !ok {
-		return roleNone
+func newAdminTokens(tokens map[string]string) adminTokens {
+	out := make(adminTokens, 0, len(tokens))
+	for tok, name := range tokens {
+		out = append(out, adminToken{digest: sha256.Sum256([]byte(tok)), role: adminRoles[name]})
 	}
-	return g.roles[tok]
+	return out
+}
+
+// roleOf returns the role of a presented token (RoleNone if it is not one
+// of ours) and its digest. Its time depends on the number of configured
+// tokens and the presented token's length only.
+func (ts adminTokens) roleOf(presented []byte) (Role, tokenDigest) {
+	d := tokenDigest(sha256.Sum256(presented))
+	r := int(RoleNone)
+	for i := range ts {
+		eq := subtle.ConstantTimeCompare(d[:], ts[i].digest[:])
+		r = subtle.ConstantTimeSelect(eq, int(ts[i].role), r)
+	}
+	if len(presented) == 0 {
+		r = int(RoleNone)
+	}
+	return Role(r), d
+}
+
+// adminAudit serves GET /admin/v1/audit.
+func (g *Gateway) adminAudit(ctx *fasthttp.RequestCtx) {
+	rctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rep, err := g.Audit(rctx)
+	if err != nil {
+		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
+		return
+	}
+	adminJSON(ctx, fasthttp.StatusOK, rep)
+}
+
+// serveOpenAPI serves the API document (no token: it holds no secret).
+func serveOpenAPI(_ *Gateway, ctx *fasthttp.RequestCtx, _ *request) {
+	ctx.SetContentType("application/json")
+	ctx.SetBody(openAPI)
 }
 
 func adminError(ctx *fasthttp.RequestCtx, code int, st, msg string, fields ...string) {
@@ -302,6 +268,9 @@ func (g *Gateway) campaignView(ctx context.Context, c *campaign.Campaign, withSt
 	}
 	return v
 }
+
+// servePprof serves /debug/pprof/ (route option admin.pprof, role admin).
+func servePprof(_ *Gateway, ctx *fasthttp.RequestCtx, _ *request) { pprofHandler(ctx) }
 
 var pprofHandler = fasthttpadaptor.NewFastHTTPHandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 	switch strings.TrimPrefix(r.URL.Path, "/debug/pprof/") {

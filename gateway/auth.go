@@ -26,6 +26,8 @@ const (
 	idempotencyKeyLenMax = 64
 	// forwardedHopsMax bounds the X-Forwarded-For entries examined.
 	forwardedHopsMax = 16
+	// claimValueLenMax bounds auth.issuer and auth.audience (URLs or names).
+	claimValueLenMax = 256
 )
 
 var (
@@ -36,7 +38,8 @@ var (
 
 // verifier turns a bearer token into a user id. Exactly one algorithm is
 // accepted, pinned by configuration; alg "none" and every other algorithm are
-// refused by the parser's method list before any key is used.
+// refused by the parser's method list before any key is used. With
+// auth.issuer / auth.audience the parser also requires that iss and aud.
 type verifier struct {
 	parser *jwt.Parser
 	key    any
@@ -47,6 +50,12 @@ type verifier struct {
 
 func newVerifier(c AuthConfig, now func() time.Time) (*verifier, error) {
 	opts := []jwt.ParserOption{jwt.WithExpirationRequired(), jwt.WithLeeway(c.Leeway), jwt.WithTimeFunc(now)}
+	if c.Issuer != "" { // required: a token without iss is refused
+		opts = append(opts, jwt.WithIssuer(c.Issuer))
+	}
+	if c.Audience != "" { // required: aud must be, or list, ours
+		opts = append(opts, jwt.WithAudience(c.Audience))
+	}
 	switch {
 	case c.HS256Secret != "":
 		return &verifier{parser: jwt.NewParser(append(opts, jwt.WithValidMethods([]string{"HS256"}))...), key: []byte(c.HS256Secret), now: now, leeway: c.Leeway, cache: newTokenCache()}, nil

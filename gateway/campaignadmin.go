@@ -75,50 +75,36 @@ func (g *Gateway) countCodeGuess(ctx context.Context, user string) {
 	}
 }
 
-// adminCampaignItem serves /admin/v1/campaigns/{id}[/sub] for PATCH, DELETE,
-// audience and codes.
-func (g *Gateway) adminCampaignItem(ctx *fasthttp.RequestCtx, r role, id, sub string) {
-	if !campaign.ValidID(id) {
-		adminError(ctx, fasthttp.StatusNotFound, "unknown_campaign", "no such campaign")
+// campaignItem adapts a handler of /admin/v1/campaigns/{id}[/…]: an
+// ill-formed id is an unknown campaign, and the handler gets a deadline.
+func campaignItem(h func(g *Gateway, ctx *fasthttp.RequestCtx, rctx context.Context, id string)) handler {
+	return func(g *Gateway, ctx *fasthttp.RequestCtx, rq *request) {
+		id := rq.param(0)
+		if !campaign.ValidID(id) {
+			adminError(ctx, fasthttp.StatusNotFound, "unknown_campaign", "no such campaign")
+			return
+		}
+		rctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		h(g, ctx, rctx, id)
+	}
+}
+
+// adminPatchCampaign serves PATCH /admin/v1/campaigns/{id}.
+func (g *Gateway) adminPatchCampaign(ctx *fasthttp.RequestCtx, rctx context.Context, id string) {
+	var p campaign.Patch
+	dec := json.NewDecoder(bytes.NewReader(ctx.Request.Body()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "body: "+err.Error())
 		return
 	}
-	rctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	switch {
-	case sub == "" && (ctx.IsPatch() || ctx.IsDelete()):
-		if r < roleAdmin {
-			adminError(ctx, fasthttp.StatusForbidden, "forbidden", "role admin required")
-			return
-		}
-		var p campaign.Patch
-		if ctx.IsDelete() {
-			g.patchCampaign(ctx, rctx, id, &p, true)
-			return
-		}
-		dec := json.NewDecoder(bytes.NewReader(ctx.Request.Body()))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&p); err != nil {
-			adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "body: "+err.Error())
-			return
-		}
-		g.patchCampaign(ctx, rctx, id, &p, false)
-	case sub == "audience" && ctx.IsPost():
-		if r < roleAdmin {
-			adminError(ctx, fasthttp.StatusForbidden, "forbidden", "role admin required")
-			return
-		}
-		g.addAudience(ctx, rctx, id)
-	case sub == "codes" && ctx.IsPost():
-		if r < roleAdmin {
-			adminError(ctx, fasthttp.StatusForbidden, "forbidden", "role admin required")
-			return
-		}
-		g.generateCodes(ctx, rctx, id)
-	case sub == "codes" && ctx.IsGet():
-		g.exportCodes(ctx, id)
-	default:
-		adminError(ctx, fasthttp.StatusMethodNotAllowed, "invalid_request", "method not allowed here")
-	}
+	g.patchCampaign(ctx, rctx, id, &p, false)
+}
+
+// adminDeleteCampaign serves DELETE /admin/v1/campaigns/{id} (soft delete).
+func (g *Gateway) adminDeleteCampaign(ctx *fasthttp.RequestCtx, rctx context.Context, id string) {
+	g.patchCampaign(ctx, rctx, id, &campaign.Patch{}, true)
 }
 
 // patchCampaign applies a change with optimistic concurrency on the KV
@@ -296,8 +282,9 @@ func (g *Gateway) generateCodes(ctx *fasthttp.RequestCtx, rctx context.Context, 
 	adminJSON(ctx, fasthttp.StatusCreated, out)
 }
 
-// exportCodes streams code,state,grant_id as CSV.
-func (g *Gateway) exportCodes(ctx *fasthttp.RequestCtx, id string) {
+// exportCodes streams code,state,grant_id as CSV. Every unused code is a
+// coupon to whoever holds it: the route needs role admin.
+func (g *Gateway) exportCodes(ctx *fasthttp.RequestCtx, _ context.Context, id string) {
 	if f := string(ctx.QueryArgs().Peek("format")); f != "" && f != "csv" {
 		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "format must be csv")
 		return

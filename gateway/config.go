@@ -35,6 +35,15 @@ type Config struct {
 	Alerts     AlertsConfig `koanf:"alerts"`
 	HTTP       HTTPConfig   `koanf:"http"`
 	Log        LogConfig    `koanf:"log"`
+
+	Metrics MetricsConfig `koanf:"metrics"` // where /metrics is served
+}
+
+type MetricsConfig struct {
+	// Public also serves /metrics on the public listener (it is always on
+	// the admin one). Off by default: claim rates and rejections by rule
+	// help whoever tunes a bot farm against the limits.
+	Public bool `koanf:"public"`
 }
 
 type RedisConfig struct {
@@ -85,6 +94,11 @@ type AuthConfig struct {
 	Ed25519PublicKey string        `koanf:"ed25519_public_key"` // PEM or base64 of the 32-byte key
 	TrustedProxies   []string      `koanf:"trusted_proxies"`    // IPs or CIDRs
 	Leeway           time.Duration `koanf:"leeway"`
+	// Issuer and Audience, when set, must be the token's iss and one of its
+	// aud (a token without them is refused): a token minted by another
+	// issuer, or for another service with the same key, is not ours.
+	Issuer   string `koanf:"issuer"`
+	Audience string `koanf:"audience"`
 }
 
 type AdminConfig struct {
@@ -202,10 +216,10 @@ func init() {
 	for _, key := range []string{
 		"node_id", "public_addr", "admin_addr", "data_dir", "redis.addrs", "redis.timeout", "redis.max_flush_delay", "nats.url", "nats.replicas", "nats.dedup_window", "nats.stream_max_age", "nats.control_plane_stale_max",
 		"relay.backlog_max", "relay.reconcile_interval", "relay.reconcile_grace", "sink.embedded", "alerts.webhook_url",
-		"auth.mode", "auth.hs256_secret", "auth.ed25519_public_key", "auth.trusted_proxies", "auth.leeway",
+		"auth.mode", "auth.hs256_secret", "auth.ed25519_public_key", "auth.trusted_proxies", "auth.leeway", "auth.issuer", "auth.audience",
 		"admin.tokens", "admin.pprof", "store.driver", "store.dsn", "claim.timeout", "claim.idempotency_ttl", "ledger.sync_interval_min",
 		"http.read_timeout", "http.write_timeout", "http.idle_timeout", "http.concurrency",
-		"http.max_conns_per_ip", "http.drain_timeout", "log.level",
+		"http.max_conns_per_ip", "http.drain_timeout", "log.level", "metrics.public",
 	} {
 		envKeys["FLASHGATE_"+strings.ToUpper(strings.ReplaceAll(key, ".", "_"))] = key
 	}
@@ -324,11 +338,21 @@ func (c *Config) Validate() error {
 	if c.Auth.Leeway < 0 || c.Auth.Leeway > time.Minute {
 		bad("auth.leeway", "must be 0..1m")
 	}
+	for _, kv := range [][2]string{{"auth.issuer", c.Auth.Issuer}, {"auth.audience", c.Auth.Audience}} {
+		key, v := kv[0], kv[1]
+		switch {
+		case v == "":
+		case c.Auth.Mode != "jwt":
+			bad(key, "applies to auth.mode jwt only")
+		case !printableToken(v, claimValueLenMax):
+			bad(key, "must be 1..%d printable characters without spaces", claimValueLenMax)
+		}
+	}
 	for tok, role := range c.Admin.Tokens {
 		if len(tok) < 16 {
 			bad("admin.tokens", "token %q… is shorter than 16 characters", tok[:min(4, len(tok))])
 		}
-		if _, ok := roleRank[role]; !ok {
+		if _, ok := adminRoles[role]; !ok {
 			bad("admin.tokens", "role %q must be admin, risk or viewer", role)
 		}
 	}

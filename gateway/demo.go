@@ -15,13 +15,23 @@ import (
 // MintHS256 returns an HS256 token for sub, expiring after ttl (development
 // and tests; production tokens come from the platform's identity service).
 func MintHS256(secret, sub string, ttl time.Duration) (string, error) {
+	return MintHS256For(secret, sub, "", "", ttl)
+}
+
+// MintHS256For is MintHS256 with an iss and an aud (each omitted when
+// empty), for a gateway configured with auth.issuer / auth.audience.
+func MintHS256For(secret, sub, issuer, audience string, ttl time.Duration) (string, error) {
 	now := time.Now()
-	t := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{
+	c := jwt.RegisteredClaims{
 		Subject:   sub,
+		Issuer:    issuer,
 		IssuedAt:  jwt.NewNumericDate(now),
 		ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
-	})
-	return t.SignedString([]byte(secret))
+	}
+	if audience != "" {
+		c.Audience = jwt.ClaimStrings{audience}
+	}
+	return jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString([]byte(secret))
 }
 
 // SetUpDemo waits for the gateway to be ready, creates the demo campaign
@@ -74,7 +84,7 @@ func SetUpDemo(ctx context.Context, cfg Config, publicAddr, adminAddr string, ou
 	case resp.StatusCode != 201 && resp.StatusCode != 409:
 		return fmt.Errorf("creating the demo campaign: HTTP %d %s", resp.StatusCode, answer.Error)
 	}
-	tok, err := MintHS256(cfg.Auth.HS256Secret, "demo-user-1", 24*time.Hour)
+	tok, err := MintHS256For(cfg.Auth.HS256Secret, "demo-user-1", cfg.Auth.Issuer, cfg.Auth.Audience, 24*time.Hour)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,11 @@
 // dependency failure answers 503 "unavailable" with Retry-After (I7), and a
 // grant its handler could not make durable is settled by settle.go.
 //
+// Both listeners dispatch through one route table (routes.go): method, path
+// template, the least role that may call it, and the handler. The router
+// checks the role (admin tokens by constant-time digest comparison) before
+// any handler runs.
+//
 // Goroutines, each ending when Run's context ends: the two fasthttp servers,
 // the campaign watch (campaign.Registry.Run), the Redis connector, the stats
 // flusher, the transfer sweeper, the allotment loop that puts committed
@@ -97,7 +102,7 @@ type Gateway struct {
 	snapshots chan string
 	verify    *verifier
 	proxies   proxySet
-	roles     map[string]role
+	tokens    adminTokens // admin.tokens as digests; the admin router checks them
 	metrics   *metrics
 	stats     statsCounters
 	marks     chan stock.Settled // grants whose unsettled field can go (settle.go)
@@ -143,10 +148,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 			return nil, err
 		}
 	}
-	g.roles = make(map[string]role, len(cfg.Admin.Tokens))
-	for tok, r := range cfg.Admin.Tokens {
-		g.roles[tok] = roleRank[r]
-	}
+	g.tokens = newAdminTokens(cfg.Admin.Tokens)
 	g.metrics = newMetrics()
 	g.marks = make(chan stock.Settled, markQueueMax)
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
@@ -183,8 +185,8 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 		g.Close()
 		return nil, err
 	}
-	g.public = g.newServer("flashgate-public", g.handlePublic, serverBodyLenMax)
-	g.admin = g.newServer("flashgate-admin", g.handleAdmin, adminBodyLenMax)
+	g.public = g.newServer("flashgate-public", newRouter(g, false).serve, serverBodyLenMax)
+	g.admin = g.newServer("flashgate-admin", newRouter(g, true).serve, adminBodyLenMax)
 	return g, nil
 }
 
@@ -222,6 +224,7 @@ func (g *Gateway) openNATS(ctx context.Context) error {
 	if g.reg, err = campaign.OpenRegistry(octx, g.js, g.cfg.NATS.Replicas, g.log); err != nil {
 		return err
 	}
+	g.reg.Connected = g.nc.IsConnected // a lost connection makes the snapshot stale (I7)
 	return nil
 }
 

@@ -15,10 +15,11 @@ import (
 
 // TestOpenAPIMatchesRoutes keeps the served OpenAPI document, the route
 // table and the handlers in step: every documented operation is a route,
-// every route is documented, and every route reaches a handler on a live
-// gateway (not the router's "no such endpoint" or a 405).
+// every route is documented with its role (x-role, and the security scheme
+// that goes with it), and every route reaches a handler on a live gateway
+// (not the router's "no such endpoint" or a 405).
 func TestOpenAPIMatchesRoutes(t *testing.T) {
-	s := stack.Start(t, stack.Options{})
+	s := stack.Start(t, stack.Options{Tweak: func(c *gateway.Config) { c.Admin.Pprof, c.Metrics.Public = true, true }})
 	s.CreateCampaign(stack.Campaign{ID: "doc", Stock: 10, Shards: 1})
 	resp, err := http.Get(s.AdminURL + "/admin/v1/openapi.json")
 	if err != nil {
@@ -47,19 +48,39 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 			t.Errorf("documented but not a route: %s", op)
 		}
 	}
-	var ops []string
-	for op := range routes {
+	for op, r := range routes {
 		if !documented[op] {
 			t.Errorf("route not documented: %s", op)
+			continue
 		}
-		ops = append(ops, op)
+		var meta struct {
+			Role     string                `json:"x-role"`
+			Security []map[string][]string `json:"security"`
+		}
+		method, path, _ := strings.Cut(op, " ")
+		if err := json.Unmarshal(doc.Paths[path][strings.ToLower(method)], &meta); err != nil {
+			t.Fatalf("%s: %v", op, err)
+		}
+		scheme := ""
+		for _, sec := range meta.Security {
+			for name := range sec {
+				scheme = name
+			}
+		}
+		wantScheme := map[gateway.Role]string{gateway.RoleNone: "", gateway.RoleUser: "userToken"}[r.Role]
+		if r.Role >= gateway.RoleViewer {
+			wantScheme = "adminToken"
+		}
+		if meta.Role != r.Role.String() || scheme != wantScheme {
+			t.Errorf("%s is documented with x-role %q and security %q; the route table says role %s (security %q)", op, meta.Role, scheme, r.Role, wantScheme)
+		}
 	}
-	sort.Slice(ops, func(i, j int) bool { // deletes last: they end the campaign
-		return !strings.HasPrefix(ops[i], "DELETE") && strings.HasPrefix(ops[j], "DELETE") || (strings.HasPrefix(ops[i], "DELETE") == strings.HasPrefix(ops[j], "DELETE") && ops[i] < ops[j])
-	})
-	fill := strings.NewReplacer("{campaign}", "doc", "{id}", "doc", "{kind}", "ip", "{value}", "203.0.113.1")
-	for _, op := range ops {
-		r := routes[op]
+	// Each route on its listener (/healthz is on both); deletes last: they end the campaign.
+	all := gateway.Routes()
+	sort.SliceStable(all, func(i, j int) bool { return all[i].Method != "DELETE" && all[j].Method == "DELETE" })
+	fill := strings.NewReplacer("{campaign}", "doc", "{id}", "doc", "{kind}", "ip", "{value}", "203.0.113.1", "{profile}", "heap")
+	for _, r := range all {
+		op := r.Method + " " + r.Path
 		base := s.PublicURL
 		token := "Bearer " + stack.Token("doc-user")
 		if r.Admin {

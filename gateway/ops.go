@@ -15,44 +15,27 @@ import (
 	"github.com/flashgate/flashgate/gateway/status"
 )
 
-func (g *Gateway) handlePublic(ctx *fasthttp.RequestCtx) {
-	path := ctx.Path()
-	if id, ok := parseClaimPath(path); ok {
-		g.handleClaim(ctx, id)
-		return
-	}
-	if string(path) == "/v1/me/coupons" {
-		g.handleMyCoupons(ctx)
-		return
-	}
-	if g.handleOps(ctx, path) {
-		return
-	}
-	writeError(ctx, status.InvalidRequest, "no such endpoint")
-	ctx.SetStatusCode(fasthttp.StatusNotFound)
+// serveHealthz: the process is up.
+func serveHealthz(_ *Gateway, ctx *fasthttp.RequestCtx, _ *request) {
+	ctx.SetContentType("application/json")
+	ctx.SetBodyString(`{"status":"ok"}`)
 }
 
-// handleOps serves /healthz, /readyz and /metrics on both listeners.
-func (g *Gateway) handleOps(ctx *fasthttp.RequestCtx, path []byte) bool {
-	switch string(path) {
-	case "/healthz":
-		ctx.SetContentType("application/json")
-		ctx.SetBodyString(`{"status":"ok"}`)
-	case "/readyz":
-		checks, ok := g.readiness()
-		code := fasthttp.StatusOK
-		if !ok {
-			code = fasthttp.StatusServiceUnavailable
-			ctx.Response.Header.Set("Retry-After", "1")
-		}
-		adminJSON(ctx, code, map[string]any{"ready": ok, "checks": checks})
-	case "/metrics":
-		g.metrics.handler(ctx)
-	default:
-		return false
+// serveReadyz: every dependency a claim needs, 503 when one is missing.
+func serveReadyz(g *Gateway, ctx *fasthttp.RequestCtx, _ *request) {
+	checks, ok := g.readiness()
+	code := fasthttp.StatusOK
+	if !ok {
+		code = fasthttp.StatusServiceUnavailable
+		ctx.Response.Header.Set("Retry-After", "1")
 	}
-	return true
+	adminJSON(ctx, code, map[string]any{"ready": ok, "checks": checks})
 }
+
+// serveMetrics: Prometheus text format. Always on the admin listener; on
+// the public one only with metrics.public (its figures — claim rates,
+// rejections by rule, backlog — help whoever tunes a bot farm).
+func serveMetrics(g *Gateway, ctx *fasthttp.RequestCtx, _ *request) { g.metrics.handler(ctx) }
 
 // readiness checks every dependency a claim needs.
 func (g *Gateway) readiness() (map[string]string, bool) {

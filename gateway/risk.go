@@ -3,7 +3,6 @@ package gateway
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -486,11 +485,10 @@ func (g *Gateway) riskAuditLog(ctx context.Context, limit int) ([]riskAuditEntry
 	return out, nil
 }
 
-// actorOf names an admin token without revealing it: role and hash prefix.
-func (g *Gateway) actorOf(token string, r role) string {
-	h := sha256.Sum256([]byte(token))
-	names := map[role]string{roleViewer: "viewer", roleRisk: "risk", roleAdmin: "admin"}
-	return names[r] + ":" + hex.EncodeToString(h[:4])
+// actorOf names an admin token without revealing it: role and the first
+// 4 bytes of its SHA-256.
+func actorOf(d tokenDigest, r Role) string {
+	return r.String() + ":" + hex.EncodeToString(d[:4])
 }
 
 // evictOverLimit drops cache entries whose window has reset (run by the

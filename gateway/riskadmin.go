@@ -23,54 +23,59 @@ const (
 	blacklistListMax = 10_000
 )
 
-// handleRiskAdmin serves /admin/v1/risk/…; rest is the path after "risk/".
-func (g *Gateway) handleRiskAdmin(ctx *fasthttp.RequestCtx, r role, rest string) {
-	write := ctx.IsPut() || ctx.IsDelete()
-	if write && r < roleRisk {
-		adminError(ctx, fasthttp.StatusForbidden, "forbidden", "role risk required")
-		return
-	}
-	rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	actor := g.actorOf(strings.TrimPrefix(string(ctx.Request.Header.Peek("Authorization")), "Bearer "), r)
-	switch {
-	case rest == "rules" && ctx.IsGet():
-		adminJSON(ctx, fasthttp.StatusOK, g.risk.rules.Load().rules)
-	case rest == "rules" && ctx.IsPut():
-		g.putRules(ctx, rctx, actor)
-	case rest == "blacklist" && ctx.IsGet():
-		limit := blacklistListMax
-		if v, err := strconv.Atoi(string(ctx.QueryArgs().Peek("limit"))); err == nil && v > 0 && v < limit {
-			limit = v
-		}
-		adminJSON(ctx, fasthttp.StatusOK, map[string]any{"entries": g.risk.blacklist.List(g.now(), limit), "total": g.risk.blacklist.Len()})
-	case strings.HasPrefix(rest, "blacklist/") && write:
-		g.writeBlacklist(ctx, rctx, actor, strings.TrimPrefix(rest, "blacklist/"))
-	case rest == "alerts" && ctx.IsGet():
-		g.risk.alertsMu.Lock()
-		out := make([]antifraud.Alert, len(g.risk.alerts))
-		for i := range g.risk.alerts { // newest first
-			out[i] = g.risk.alerts[len(g.risk.alerts)-1-i]
-		}
-		g.risk.alertsMu.Unlock()
-		adminJSON(ctx, fasthttp.StatusOK, map[string]any{"alerts": out})
-	case rest == "audit" && ctx.IsGet():
-		limit := 100
-		if v, err := strconv.Atoi(string(ctx.QueryArgs().Peek("limit"))); err == nil && v > 0 && v <= auditListMax {
-			limit = v
-		}
-		entries, err := g.riskAuditLog(rctx, limit)
-		if err != nil {
-			adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
-			return
-		}
-		adminJSON(ctx, fasthttp.StatusOK, map[string]any{"entries": entries})
-	default:
-		adminError(ctx, fasthttp.StatusNotFound, "not_found", "no such risk endpoint or method")
+// riskWrite adapts a risk write handler: it gets a deadline and the
+// caller named for the audit log (role and a hash prefix of the token).
+func riskWrite(h func(g *Gateway, ctx *fasthttp.RequestCtx, rctx context.Context, actor string, rq *request)) handler {
+	return func(g *Gateway, ctx *fasthttp.RequestCtx, rq *request) {
+		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		h(g, ctx, rctx, actorOf(rq.digest, rq.role), rq)
 	}
 }
 
-func (g *Gateway) putRules(ctx *fasthttp.RequestCtx, rctx context.Context, actor string) {
+// getRules serves GET /admin/v1/risk/rules.
+func (g *Gateway) getRules(ctx *fasthttp.RequestCtx) {
+	adminJSON(ctx, fasthttp.StatusOK, g.risk.rules.Load().rules)
+}
+
+// listBlacklist serves GET /admin/v1/risk/blacklist[?limit=].
+func (g *Gateway) listBlacklist(ctx *fasthttp.RequestCtx) {
+	limit := blacklistListMax
+	if v, err := strconv.Atoi(string(ctx.QueryArgs().Peek("limit"))); err == nil && v > 0 && v < limit {
+		limit = v
+	}
+	adminJSON(ctx, fasthttp.StatusOK, map[string]any{"entries": g.risk.blacklist.List(g.now(), limit), "total": g.risk.blacklist.Len()})
+}
+
+// listAlerts serves GET /admin/v1/risk/alerts, newest first.
+func (g *Gateway) listAlerts(ctx *fasthttp.RequestCtx) {
+	g.risk.alertsMu.Lock()
+	out := make([]antifraud.Alert, len(g.risk.alerts))
+	for i := range g.risk.alerts {
+		out[i] = g.risk.alerts[len(g.risk.alerts)-1-i]
+	}
+	g.risk.alertsMu.Unlock()
+	adminJSON(ctx, fasthttp.StatusOK, map[string]any{"alerts": out})
+}
+
+// riskAudit serves GET /admin/v1/risk/audit[?limit=].
+func (g *Gateway) riskAudit(ctx *fasthttp.RequestCtx) {
+	rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	limit := 100
+	if v, err := strconv.Atoi(string(ctx.QueryArgs().Peek("limit"))); err == nil && v > 0 && v <= auditListMax {
+		limit = v
+	}
+	entries, err := g.riskAuditLog(rctx, limit)
+	if err != nil {
+		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
+		return
+	}
+	adminJSON(ctx, fasthttp.StatusOK, map[string]any{"entries": entries})
+}
+
+// putRules serves PUT /admin/v1/risk/rules.
+func (g *Gateway) putRules(ctx *fasthttp.RequestCtx, rctx context.Context, actor string, _ *request) {
 	var r antifraud.Rules
 	dec := json.NewDecoder(bytes.NewReader(ctx.Request.Body()))
 	dec.DisallowUnknownFields()
@@ -104,13 +109,11 @@ type blacklistBody struct {
 	TTL    string `json:"ttl,omitempty"`
 }
 
-func (g *Gateway) writeBlacklist(ctx *fasthttp.RequestCtx, rctx context.Context, actor, path string) {
-	kind, raw, ok := strings.Cut(path, "/")
-	if !ok || raw == "" {
-		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "path must be /admin/v1/risk/blacklist/{ip|cidr|device|user}/{value}")
-		return
-	}
-	// ctx.Path() is already percent-decoded (a CIDR's "/" arrives as %2F or plain).
+// writeBlacklist serves PUT and DELETE /admin/v1/risk/blacklist/{kind}/{value}.
+func (g *Gateway) writeBlacklist(ctx *fasthttp.RequestCtx, rctx context.Context, actor string, rq *request) {
+	// ctx.Path() is already percent-decoded (a CIDR's "/" arrives as %2F or
+	// plain); the route's {value} takes the rest of the path.
+	kind, raw := rq.param(0), rq.param(1)
 	value, err := antifraud.NormalizeEntry(kind, raw)
 	if err != nil {
 		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", err.Error(), "value")

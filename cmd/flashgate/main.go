@@ -2,7 +2,7 @@
 //
 //	flashgate serve --config FILE [--check-config] [--demo]
 //	flashgate ledger dump --data-dir DIR
-//	flashgate token --secret S --sub USER [--ttl 1h]
+//	flashgate token --secret S --sub USER [--ttl 1h] [--iss I] [--aud A]
 //
 // main only turns flags, file and environment into a Config, validates it,
 // calls gateway.New and Run, and waits for a signal.
@@ -37,7 +37,8 @@ Usage:
   flashgate audit --config FILE [--json] [--with-data-dir DIR]...
                                                             check I1, I2, I5, I6 per campaign; exit 1 on a violation
   flashgate ledger dump --data-dir DIR                      print every grant in a ledger, one JSON object a line
-  flashgate token --secret S --sub USER [--ttl D]           mint an HS256 token (development)
+  flashgate token --secret S --sub USER [--ttl D]           mint an HS256 token (development; --iss, --aud
+                 [--iss I] [--aud A]                        for auth.issuer / auth.audience)
 
 Every command takes --help. Configuration keys: see README.md; each may be
 overridden by FLASHGATE_<KEY> (e.g. FLASHGATE_REDIS_ADDRS=127.0.0.1:6380).
@@ -199,6 +200,8 @@ func token(args []string, stdout, stderr io.Writer) int {
 	secret := fs.String("secret", os.Getenv("FLASHGATE_AUTH_HS256_SECRET"), "HS256 secret (default $FLASHGATE_AUTH_HS256_SECRET)")
 	sub := fs.String("sub", "", "user id")
 	ttl := fs.Duration("ttl", time.Hour, "lifetime")
+	iss := fs.String("iss", os.Getenv("FLASHGATE_AUTH_ISSUER"), "iss claim, for a gateway with auth.issuer (default $FLASHGATE_AUTH_ISSUER)")
+	aud := fs.String("aud", os.Getenv("FLASHGATE_AUTH_AUDIENCE"), "aud claim, for a gateway with auth.audience (default $FLASHGATE_AUTH_AUDIENCE)")
 	if err := fs.Parse(args); err != nil {
 		return usageExit(err)
 	}
@@ -206,7 +209,7 @@ func token(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "flashgate token: --secret and --sub are required")
 		return 2
 	}
-	s, err := gateway.MintHS256(*secret, *sub, *ttl)
+	s, err := gateway.MintHS256For(*secret, *sub, *iss, *aud, *ttl)
 	if err != nil {
 		fmt.Fprintf(stderr, "flashgate token: %v\n", err)
 		return 1

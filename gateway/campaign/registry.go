@@ -19,6 +19,11 @@ const Bucket = "flashgate-campaigns"
 // definitionLenMax bounds one stored definition.
 const definitionLenMax = 64 << 10
 
+// connectionCheckInterval is how often a live watch checks that the NATS
+// connection is up: a lost connection is seen within this, and counts
+// towards nats.control_plane_stale_max from then.
+const connectionCheckInterval = 100 * time.Millisecond
+
 // ErrExists is returned by Create for an id already taken.
 var ErrExists = errors.New("campaign: id already exists")
 
@@ -31,6 +36,13 @@ type Registry struct {
 	// OnChange, when set before Run, is called from the watch goroutine
 	// after a campaign's definition changes.
 	OnChange func(id string)
+	// Connected, when set before Run, reports whether the NATS connection
+	// is up. The KV watcher outlives a lost connection (nats.go reconnects
+	// underneath it and its channel stays open), so without this check a
+	// gateway cut off from NATS would count its snapshot as live for ever;
+	// the watch ends when it reports false, and is set up again (a full
+	// resync) once NATS answers.
+	Connected func() bool
 
 	kv     jetstream.KeyValue
 	log    *slog.Logger
@@ -67,8 +79,7 @@ func (r *Registry) Run(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		err := r.watch(ctx)
-		r.synced.Store(false)
-		r.downSince.CompareAndSwap(0, time.Now().UnixNano())
+		r.markDown()
 		if ctx.Err() != nil {
 			return
 		}
@@ -88,12 +99,19 @@ func (r *Registry) watch(ctx context.Context) error {
 		return err
 	}
 	defer w.Stop()
+	check := time.NewTicker(connectionCheckInterval)
+	defer check.Stop()
 	next := map[string]*Campaign{}
 	initial := true
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-check.C:
+			if r.Connected != nil && !r.Connected() {
+				r.markDown() // now: stopping the watcher may wait for a dead server
+				return errors.New("nats connection lost")
+			}
 		case e, ok := <-w.Updates():
 			if !ok {
 				return errors.New("watcher closed")
@@ -140,6 +158,12 @@ func (r *Registry) apply(m map[string]*Campaign, e jetstream.KeyValueEntry) {
 }
 
 func (r *Registry) publish(m map[string]*Campaign) { r.snap.Store(&m) }
+
+// markDown records that the watch is not live, from now unless it already was not.
+func (r *Registry) markDown() {
+	r.synced.Store(false)
+	r.downSince.CompareAndSwap(0, time.Now().UnixNano())
+}
 
 // WaitReady blocks until the initial values are loaded or ctx ends.
 func (r *Registry) WaitReady(ctx context.Context) error {
