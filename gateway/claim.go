@@ -199,6 +199,11 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 		writeUnavailable(ctx, "grant pipeline backlog full")
 		return record(status.Unavailable)
 	}
+	if g.ledger.Err() != nil { // disk failed: take no stock that could not be recorded
+		g.metrics.dependencyErrors.WithLabelValues("ledger").Inc()
+		writeUnavailable(ctx, "ledger unavailable")
+		return record(status.Unavailable)
+	}
 	flag := g.soldOutFlag(c.ID)
 	if until := flag.Load(); now.UnixNano() < until {
 		writeError(ctx, status.SoldOut, "sold out")
@@ -272,6 +277,11 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 	if err != nil {
 		g.metrics.dependencyErrors.WithLabelValues("ledger").Inc()
 		g.log.Warn("claim: ledger append failed; not acknowledged", "grant_id", res.GrantID, "err", err)
+		if errors.Is(err, ledger.ErrDiskFailed) {
+			// Redis granted; the ledger may or may not hold it. Settle it
+			// once the ledger has recovered (the append is idempotent).
+			g.noteUnknown(unknownClaim{at: now, c: c, in: in, attempt: attempt})
+		}
 		writeUnavailable(ctx, "ledger unavailable")
 		return record(status.Unavailable)
 	}

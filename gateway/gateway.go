@@ -12,10 +12,12 @@
 // Goroutines, each ending when Run's context ends: the two fasthttp servers,
 // the campaign watch (campaign.Registry.Run), the Redis connector, the stats
 // flusher, the transfer sweeper, the settler of unknown outcomes (unknown.go),
-// the relay (ledger → JetStream), the reconciler and, when embedded, the sink
-// (JetStream → SQL store) — pipeline.go. Handler goroutines share only the
-// registry snapshot (atomic pointer), the sold-out flags and stats counters
-// (atomics), the ledger and the Redis client (both safe for concurrent use).
+// the ledger supervisor that re-opens a ledger whose disk failed
+// (ledgerdisk.go), the relay (ledger → JetStream), the reconciler and, when
+// embedded, the sink (JetStream → SQL store) — pipeline.go. Handler goroutines
+// share only the registry snapshot (atomic pointer), the sold-out flags and
+// stats counters (atomics), the ledger and the Redis client (both safe for
+// concurrent use).
 package gateway
 
 import (
@@ -94,7 +96,10 @@ type Gateway struct {
 	metrics   *metrics
 	stats     statsCounters
 	unknown   chan unknownClaim
-	soldOut   sync.Map // campaign id -> *atomic.Int64 (unix nanos until which sold_out is answered locally)
+	// ledgerRecoverErr is the last failed recovery attempt of a failed
+	// ledger (readiness), nil while healthy.
+	ledgerRecoverErr atomic.Pointer[string]
+	soldOut          sync.Map // campaign id -> *atomic.Int64 (unix nanos until which sold_out is answered locally)
 
 	public, admin     *fasthttp.Server
 	publicLn, adminLn net.Listener
@@ -142,6 +147,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 	if g.ledger, err = ledger.Open(ledger.Options{Dir: filepath.Join(cfg.DataDir, "ledger"), Logger: g.log, SyncIntervalMin: cfg.Ledger.SyncIntervalMin}); err != nil {
 		return nil, err
 	}
+	g.metrics.registerLedger(g)
 	if err := g.openNATS(ctx); err != nil {
 		g.Close()
 		return nil, err
@@ -261,7 +267,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	loops := []func(context.Context){g.reg.Run, g.connectRedis, g.flushStats, g.sweepTransfers, g.settleUnknown, g.relay.Run, g.reconcile,
-		g.watchRisk, g.collectAlerts, g.deliverWebhooks, g.saveSnapshots}
+		g.watchRisk, g.collectAlerts, g.deliverWebhooks, g.saveSnapshots, g.superviseLedger}
 	if g.sink != nil {
 		loops = append(loops, g.sink.Run)
 	}

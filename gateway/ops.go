@@ -89,7 +89,11 @@ func (g *Gateway) readiness() (map[string]string, bool) {
 	default:
 		fail("nats", "campaign watch down")
 	}
-	checks["ledger"] = "ok"
+	if msg, ledgerOK := g.ledgerReadiness(); ledgerOK {
+		checks["ledger"] = msg
+	} else {
+		fail("ledger", msg)
+	}
 	checks["relay_backlog"] = fmt.Sprint(g.relay.Backlog())
 	if g.relay.Backlog() > uint64(g.cfg.Relay.BacklogMax) {
 		fail("relay_backlog", fmt.Sprintf("%d grants not yet in JetStream (max %d)", g.relay.Backlog(), g.cfg.Relay.BacklogMax))
