@@ -200,6 +200,11 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 		writeUnavailable(ctx, "settling the grants of this node's last run")
 		return record(status.Unavailable)
 	}
+	if g.ledger.Err() != nil { // disk failed: take no stock that could not be recorded
+		g.metrics.dependencyErrors.WithLabelValues("ledger").Inc()
+		writeUnavailable(ctx, "ledger unavailable")
+		return record(status.Unavailable)
+	}
 	flag := g.soldOutFlag(c.ID)
 	if until := flag.Load(); now.UnixNano() < until {
 		return record(g.refuseUnlessReplay(ctx, rctx, c, &in, status.SoldOut, "sold out"))

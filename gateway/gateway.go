@@ -20,11 +20,12 @@
 // the campaign watch (campaign.Registry.Run), the Redis connector, the stats
 // flusher, the transfer sweeper, the allotment loop that puts committed
 // campaign units on the shards (allot.go), the settler and marker of
-// unsettled grants (settle.go),
-// the relay (ledger → JetStream), the reconciler and, when embedded, the sink
-// (JetStream → SQL store) — pipeline.go. Handler goroutines share only the
-// registry snapshot (atomic pointer), the sold-out flags and stats counters
-// (atomics), the ledger and the Redis client (both safe for concurrent use).
+// unsettled grants (settle.go), the ledger supervisor that re-opens a ledger
+// whose disk failed (ledgerdisk.go), the relay (ledger → JetStream), the
+// reconciler and, when embedded, the sink (JetStream → SQL store) —
+// pipeline.go. Handler goroutines share only the registry snapshot (atomic
+// pointer), the sold-out flags and stats counters (atomics), the ledger and
+// the Redis client (both safe for concurrent use).
 package gateway
 
 import (
@@ -109,6 +110,9 @@ type Gateway struct {
 	settled   atomic.Bool        // the first settlement pass succeeded: claims may be taken
 	soldOut   sync.Map           // campaign id -> *atomic.Int64 (unix nanos until which sold_out is answered locally)
 	allot     allotState         // units of committed definitions onto the shards (allot.go)
+	// ledgerRecoverErr is the last failed recovery attempt of a failed
+	// ledger (readiness), nil while healthy.
+	ledgerRecoverErr atomic.Pointer[string]
 
 	public, admin     *fasthttp.Server
 	publicLn, adminLn net.Listener
@@ -161,6 +165,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 	if g.ledger, err = ledger.Open(lopts); err != nil {
 		return nil, err
 	}
+	g.metrics.registerLedger(g)
 	if err := g.openNATS(ctx); err != nil {
 		g.Close()
 		return nil, err
@@ -282,7 +287,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	loops := []func(context.Context){g.reg.Run, g.connectRedis, g.flushStats, g.sweepTransfers, g.allotLoop, g.settleUnsettled, g.markSettled, g.relay.Run, g.reconcile,
-		g.watchRisk, g.collectAlerts, g.deliverWebhooks, g.saveSnapshots}
+		g.watchRisk, g.collectAlerts, g.deliverWebhooks, g.saveSnapshots, g.superviseLedger}
 	if g.sink != nil {
 		loops = append(loops, g.sink.Run)
 	}

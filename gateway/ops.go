@@ -72,7 +72,11 @@ func (g *Gateway) readiness() (map[string]string, bool) {
 	default:
 		fail("nats", "campaign watch down")
 	}
-	checks["ledger"] = "ok"
+	if msg, ledgerOK := g.ledgerReadiness(); ledgerOK {
+		checks["ledger"] = msg
+	} else {
+		fail("ledger", msg)
+	}
 	if g.settled.Load() {
 		checks["settlement"] = "ok"
 	} else {

@@ -23,7 +23,8 @@ var metaNodeID = []byte{tagMeta, 'i', 'd'}
 // process or the host, so a replacement gateway started on this directory
 // inherits it, and a wiped directory gets a new one.
 func (l *Ledger) loadID() error {
-	v, closer, err := l.db.Get(metaNodeID)
+	db := l.cur.Load().db
+	v, closer, err := db.Get(metaNodeID)
 	if err == nil {
 		l.id = string(v)
 		closer.Close()
@@ -41,7 +42,7 @@ func (l *Ledger) loadID() error {
 	var b [nodeIDBytes]byte
 	_, _ = rand.Read(b[:])
 	id := hex.EncodeToString(b[:])
-	if err := l.db.Set(metaNodeID, []byte(id), pebble.Sync); err != nil {
+	if err := l.cur.Load().write(func(db *pebble.DB) error { return db.Set(metaNodeID, []byte(id), pebble.Sync) }); err != nil {
 		return fmt.Errorf("ledger: identity: %w", err)
 	}
 	l.id = id

@@ -24,8 +24,62 @@
 // visible out of sequence order; readers that need a gap-free prefix use
 // DurableSeq.
 //
-// Concurrency: every exported method is safe for concurrent use. The ledger
-// starts no goroutine of its own; Close waits for nothing but Pebble.
+// # When the disk fails
+//
+// Pebble cannot go on after a failed WAL write or sync: the state of the log
+// is unknown (after a failed fsync the kernel may have dropped the dirty
+// pages), so it calls Logger.Fatalf ("fatal commit error", "MANIFEST sync
+// failed"), or panics while holding its commit mutex (a WAL writer with a
+// sticky error, a failed WAL rotation — one of which ends in an unlock of an
+// unlocked mutex, a runtime throw no recover catches). A full disk must not
+// kill the gateway, and no append may return nil unless it is synced. So:
+//
+//   - Pebble never sees a write error. Each Pebble instance (an
+//     "incarnation") runs on a fenceFS wrapping the real file system. The
+//     first failed write, sync, create, rename, link or remove fences it: the
+//     ledger is failed from that instant (Err, Failed), and the goroutine
+//     that hit the error parks for good — it never returns to Pebble, so
+//     nothing downstream of the failed step runs as if it had worked. Every
+//     later mutating call on that file system parks too, so a dead instance
+//     never touches the directory again. (Preallocate errors pass: Pebble
+//     ignores them.)
+//   - Fatalf (invariant violations, corruption) fences too, then unwinds a
+//     goroutine of this package with a private panic that the entry point
+//     recovers into ErrDiskFailed, and parks any goroutine of Pebble's own.
+//   - Appends and cursor writes run Pebble in a goroutine of their own and
+//     wait for it or for the fence, whichever is first: a commit parked in a
+//     dead instance never holds its caller. The caller answers ErrDiskFailed
+//     (wrapping the cause, e.g. "write 000004.log: no space left on device");
+//     the grant may or may not be on disk and is not acknowledged. Its
+//     sequence number stays open, so DurableSeq (and the relay) stop before
+//     it until Recover has re-read the disk.
+//   - While failed, every operation (Append, Get, Scan, Cursor, SetCursor)
+//     answers ErrDiskFailed before touching Pebble: a failed instance's
+//     memtable may show records whose sync failed, and nothing is answered
+//     from it.
+//   - Recover (called by the gateway's supervisor with a bounded backoff)
+//     probes the directory — free space for the WAL to replay plus
+//     headroom, then a small file written and fsynced — and opens a fresh
+//     instance on it. WAL replay recovers every append that returned nil
+//     (and perhaps some that failed: they were never acknowledged, and a
+//     retry finds them by grant id). Then appends are let in again.
+//   - A failed instance is never closed: Close would wait forever for its
+//     parked goroutines (the WAL flusher, a flush), and nothing it could
+//     still do is wanted. It stays parked with its memtables and cache (it
+//     may still read a file; it never writes, renames or removes one);
+//     incarnationsFailedMax bounds how many a process keeps before Recover
+//     asks for a restart. The directory lock is the Ledger's, held on the
+//     real file system across incarnations.
+//
+// Pebble's background errors that do not fence (read errors in a compaction,
+// say) are logged and counted (Health); a flush or compaction that runs out
+// of space fences like a WAL write, because the WAL on the same disk is about
+// to fail too and a flush stuck retrying would stall every writer.
+//
+// Concurrency: every exported method is safe for concurrent use. Goroutines:
+// each append and cursor write runs Pebble in a short-lived goroutine that
+// ends with the commit (or parks with a failed instance); Pebble's own.
+// Close waits for nothing but Pebble.
 //
 // This package imports no network package (see lint_test.go).
 package ledger
@@ -35,6 +89,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -75,7 +130,8 @@ type Options struct {
 	// more appends to join it: fewer fsyncs, at most this much more latency.
 	SyncIntervalMin time.Duration
 	Logger          *slog.Logger
-	// FS is the file system (nil = the real one); tests inject faults here.
+	// FS is the file system under Dir; nil is the operating system's. Tests
+	// inject failures here (Pebble's vfs/errorfs, internal/faultfs).
 	FS vfs.FS
 }
 
@@ -86,6 +142,9 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.FS == nil {
+		o.FS = vfs.Default
 	}
 }
 
@@ -106,8 +165,10 @@ func (o *Options) Validate() error {
 
 // Ledger is an open grant log.
 type Ledger struct {
-	db     *pebble.DB
 	opts   Options
+	base   vfs.FS    // the real file system (opts.FS)
+	lock   io.Closer // Dir's lock, held across incarnations
+	cur    atomic.Pointer[incarnation]
 	slots  chan struct{}
 	seq    atomic.Uint64 // last assigned
 	closed atomic.Bool
@@ -119,6 +180,15 @@ type Ledger struct {
 
 	bufs   sync.Pool
 	notify chan struct{} // signalled (non-blocking) after each commit
+
+	recoverMu    sync.Mutex // one Recover (or Close) at a time
+	incarnations atomic.Uint64
+	failures     atomic.Uint64
+	recoveries   atomic.Uint64
+	bgErrors     atomic.Uint64
+	bgMu         sync.Mutex
+	bgLast       error
+	bgLastAt     time.Time
 }
 
 type pendingAppend struct {
@@ -135,44 +205,41 @@ func Open(opts Options) (*Ledger, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	popts := &pebble.Options{
-		ReadOnly:     opts.ReadOnly,
-		MemTableSize: memTableSizeDefault,
-		Logger:       pebbleLogger{opts.Logger},
-	}
-	if opts.FS != nil {
-		popts.FS = opts.FS
-	}
-	if d := opts.SyncIntervalMin; d > 0 {
-		popts.WALMinSyncInterval = func() time.Duration { return d }
-	}
-	db, err := pebble.Open(opts.Dir, popts)
-	if err != nil {
-		return nil, fmt.Errorf("ledger: open %s: %w", opts.Dir, err)
-	}
 	l := &Ledger{
-		db:       db,
 		opts:     opts,
+		base:     opts.FS,
 		slots:    make(chan struct{}, opts.AppendsInflightMax),
 		inflight: make(map[string]*pendingAppend),
 		notify:   make(chan struct{}, 1),
 	}
 	l.bufs.New = func() any { b := make([]byte, 0, 256); return &b }
-	last, err := l.lastSeq()
+	if !opts.ReadOnly {
+		if err := l.base.MkdirAll(opts.Dir, 0o755); err != nil {
+			return nil, fmt.Errorf("ledger: open %s: %w", opts.Dir, err)
+		}
+	}
+	lock, err := l.base.Lock(l.base.PathJoin(opts.Dir, "LOCK")) // Pebble's own lock file name
 	if err != nil {
-		_ = db.Close()
+		return nil, fmt.Errorf("ledger: open %s: lock: %w", opts.Dir, err)
+	}
+	l.lock = lock
+	inc, last, err := l.openIncarnation()
+	if err != nil {
+		_ = lock.Close()
 		return nil, err
 	}
+	l.cur.Store(inc)
 	l.seq.Store(last)
 	if err := l.loadID(); err != nil {
-		_ = db.Close()
+		_ = l.Close()
 		return nil, err
 	}
 	return l, nil
 }
 
-func (l *Ledger) lastSeq() (uint64, error) {
-	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: []byte{tagOutbox}, UpperBound: []byte{tagOutbox + 1}})
+// lastSeq reads the last sequence number of the outbox.
+func lastSeq(db *pebble.DB) (uint64, error) {
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{tagOutbox}, UpperBound: []byte{tagOutbox + 1}})
 	if err != nil {
 		return 0, fmt.Errorf("ledger: %w", err)
 	}
@@ -188,11 +255,21 @@ func (l *Ledger) lastSeq() (uint64, error) {
 }
 
 // Close closes the ledger. Appends racing with Close fail with ErrClosed.
+// A failed Pebble instance is not closed (see the package comment); Close
+// then releases the directory lock and returns the failure.
 func (l *Ledger) Close() error {
+	l.recoverMu.Lock()
+	defer l.recoverMu.Unlock()
 	if l.closed.Swap(true) {
 		return nil
 	}
-	return l.db.Close()
+	inc := l.cur.Load()
+	err := inc.err()
+	if err == nil {
+		inc.closing.Store(true)
+		err = inc.write(func(db *pebble.DB) error { return db.Close() })
+	}
+	return errors.Join(err, l.lock.Close())
 }
 
 // Append makes r durable and returns its sequence number. It is idempotent by
@@ -241,32 +318,21 @@ func (l *Ledger) Append(ctx context.Context, r *Record) (uint64, error) {
 }
 
 func (l *Ledger) appendOnce(r *Record) (uint64, error) {
+	inc := l.cur.Load()
+	if err := inc.err(); err != nil {
+		return 0, err
+	}
 	bp := l.bufs.Get().(*[]byte)
 	defer l.bufs.Put(bp)
 	key := append((*bp)[:0], tagGrant)
 	key = append(key, r.GrantID...)
-	v, closer, err := l.db.Get(key)
-	if err == nil {
-		var old Record
-		derr := old.Decode(v)
-		closer.Close()
-		if derr != nil {
-			return 0, derr
-		}
-		return old.Seq, nil
-	}
-	if !errors.Is(err, pebble.ErrNotFound) {
-		return 0, fmt.Errorf("ledger: get: %w", err)
+	if seq, found, err := storedSeq(inc, key); err != nil || found {
+		return seq, err
 	}
 	l.mu.Lock()
 	seq := l.seq.Add(1)
-	l.seqsOpen.add(seq)
+	l.seqsOpen.add(seq, inc)
 	l.mu.Unlock()
-	defer func() {
-		l.mu.Lock()
-		l.seqsOpen.remove(seq)
-		l.mu.Unlock()
-	}()
 
 	r.Seq = seq
 	keyLen := len(key)
@@ -281,18 +347,30 @@ func (l *Ledger) appendOnce(r *Record) (uint64, error) {
 	okey[0] = tagOutbox
 	binary.BigEndian.PutUint64(okey[1:], seq)
 
-	b := l.db.NewBatch()
-	defer b.Close()
-	if err := b.Set(buf[:keyLen], buf[keyLen:], nil); err != nil {
-		return 0, fmt.Errorf("ledger: batch: %w", err)
-	}
-	if err := b.Set(okey[:], []byte(r.GrantID), nil); err != nil {
-		return 0, fmt.Errorf("ledger: batch: %w", err)
-	}
-	if err := l.db.Apply(b, pebble.Sync); err != nil {
-		return 0, fmt.Errorf("ledger: commit: %w", err)
+	b := inc.db.NewBatch() // Set copies: buf is free again once both are set
+	err := b.Set(buf[:keyLen], buf[keyLen:], nil)
+	if err == nil {
+		err = b.Set(okey[:], []byte(r.GrantID), nil)
 	}
 	*bp = buf[:0]
+	if err != nil {
+		_ = b.Close()
+		err = fmt.Errorf("ledger: batch: %w", err)
+	} else {
+		err = inc.apply(b)
+	}
+
+	l.mu.Lock()
+	if err == nil || inc.err() == nil || inc.retired {
+		l.seqsOpen.remove(seq)
+	} // else: in flight on a failed instance; open until Recover re-reads the disk
+	l.mu.Unlock()
+	if err != nil {
+		if !errors.Is(err, ErrDiskFailed) && !errors.Is(err, ErrClosed) {
+			err = fmt.Errorf("ledger: commit: %w", err)
+		}
+		return 0, err
+	}
 	select {
 	case l.notify <- struct{}{}:
 	default:
@@ -300,13 +378,37 @@ func (l *Ledger) appendOnce(r *Record) (uint64, error) {
 	return seq, nil
 }
 
+// storedSeq returns the sequence number of the record stored under key, if
+// there is one.
+func storedSeq(inc *incarnation, key []byte) (seq uint64, found bool, err error) {
+	defer recoverFatal(&err)
+	v, closer, err := inc.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("ledger: get: %w", err)
+	}
+	defer closer.Close()
+	var old Record
+	if err := old.Decode(v); err != nil {
+		return 0, false, err
+	}
+	return old.Seq, true, nil
+}
+
 // Appended is signalled after appends commit (coalesced: one signal may
 // stand for many appends). Readers of the outbox wait on it.
 func (l *Ledger) Appended() <-chan struct{} { return l.notify }
 
 // Cursor returns the named reader's position (0 if never set).
-func (l *Ledger) Cursor(name string) (uint64, error) {
-	v, closer, err := l.db.Get(append([]byte{tagCursor}, name...))
+func (l *Ledger) Cursor(name string) (seq uint64, err error) {
+	inc := l.cur.Load()
+	if err := inc.err(); err != nil {
+		return 0, err
+	}
+	defer recoverFatal(&err)
+	v, closer, err := inc.db.Get(append([]byte{tagCursor}, name...))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return 0, nil
 	}
@@ -325,17 +427,23 @@ func (l *Ledger) Cursor(name string) (uint64, error) {
 // crash only makes its reader repeat work it must already tolerate (the relay
 // re-publishes; JetStream drops duplicates by message id).
 func (l *Ledger) SetCursor(name string, seq uint64) error {
-	var v [8]byte
-	binary.BigEndian.PutUint64(v[:], seq)
-	if err := l.db.Set(append([]byte{tagCursor}, name...), v[:], pebble.NoSync); err != nil {
+	inc := l.cur.Load()
+	if err := inc.err(); err != nil {
+		return err
+	}
+	v := binary.BigEndian.AppendUint64(nil, seq)
+	key := append([]byte{tagCursor}, name...)
+	if err := inc.write(func(db *pebble.DB) error { return db.Set(key, v, pebble.NoSync) }); err != nil {
 		return fmt.Errorf("ledger: set cursor %s: %w", name, err)
 	}
 	return nil
 }
 
 // DurableSeq returns the highest sequence number s such that every append
-// with a sequence number ≤ s has finished (committed or failed). A reader of
-// the outbox that stops at DurableSeq never skips a record that commits later.
+// with a sequence number ≤ s has finished (committed or failed; an append in
+// flight when the disk failed counts as finished only once Recover has
+// re-read the disk). A reader of the outbox that stops at DurableSeq never
+// skips a record that commits, or reappears from the WAL, later.
 func (l *Ledger) DurableSeq() uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -347,7 +455,12 @@ func (l *Ledger) DurableSeq() uint64 {
 
 // Get returns the record of grantID, or ok=false.
 func (l *Ledger) Get(grantID string) (r Record, ok bool, err error) {
-	v, closer, err := l.db.Get(append([]byte{tagGrant}, grantID...))
+	inc := l.cur.Load()
+	if err := inc.err(); err != nil {
+		return r, false, err
+	}
+	defer recoverFatal(&err)
+	v, closer, err := inc.db.Get(append([]byte{tagGrant}, grantID...))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return r, false, nil
 	}
@@ -358,12 +471,20 @@ func (l *Ledger) Get(grantID string) (r Record, ok bool, err error) {
 	if err := r.Decode(v); err != nil {
 		return r, false, err
 	}
+	if err := inc.err(); err != nil {
+		return Record{}, false, err // failed meanwhile: the record may be one whose sync failed
+	}
 	return r, true, nil
 }
 
 // Scan calls fn for each record with afterSeq < Seq ≤ uptoSeq, in sequence
 // order, stopping early when fn returns an error (which Scan returns).
-func (l *Ledger) Scan(afterSeq, uptoSeq uint64, fn func(*Record) error) error {
+func (l *Ledger) Scan(afterSeq, uptoSeq uint64, fn func(*Record) error) (err error) {
+	inc := l.cur.Load()
+	if err := inc.err(); err != nil {
+		return err
+	}
+	defer recoverFatal(&err)
 	var lo, hi [9]byte
 	lo[0], hi[0] = tagOutbox, tagOutbox
 	binary.BigEndian.PutUint64(lo[1:], afterSeq+1)
@@ -372,7 +493,7 @@ func (l *Ledger) Scan(afterSeq, uptoSeq uint64, fn func(*Record) error) error {
 	} else {
 		binary.BigEndian.PutUint64(hi[1:], uptoSeq+1)
 	}
-	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: lo[:], UpperBound: hi[:]})
+	it, err := inc.db.NewIter(&pebble.IterOptions{LowerBound: lo[:], UpperBound: hi[:]})
 	if err != nil {
 		return fmt.Errorf("ledger: %w", err)
 	}
@@ -380,7 +501,7 @@ func (l *Ledger) Scan(afterSeq, uptoSeq uint64, fn func(*Record) error) error {
 	var r Record
 	for ok := it.First(); ok; ok = it.Next() {
 		gid := it.Value()
-		v, closer, err := l.db.Get(append([]byte{tagGrant}, gid...))
+		v, closer, err := inc.db.Get(append([]byte{tagGrant}, gid...))
 		if err != nil {
 			return fmt.Errorf("ledger: outbox %x points to missing grant %q: %w", it.Key(), gid, err)
 		}
@@ -399,18 +520,19 @@ func (l *Ledger) Scan(afterSeq, uptoSeq uint64, fn func(*Record) error) error {
 // LastSeq returns the last sequence number assigned.
 func (l *Ledger) LastSeq() uint64 { return l.seq.Load() }
 
-// seqSet is the set of sequence numbers assigned but not yet committed. It
-// stays small (≤ appendsInflightMax) so a map with a lazily kept minimum is
-// enough.
+// seqSet is the set of sequence numbers assigned but not yet committed, each
+// with the incarnation it was appended to. It stays small
+// (≤ appendsInflightMax, plus those in flight when an instance failed, until
+// Recover) so a map with a lazily kept minimum is enough.
 type seqSet struct {
-	m map[uint64]struct{}
+	m map[uint64]*incarnation
 }
 
-func (s *seqSet) add(v uint64) {
+func (s *seqSet) add(v uint64, inc *incarnation) {
 	if s.m == nil {
-		s.m = make(map[uint64]struct{})
+		s.m = make(map[uint64]*incarnation)
 	}
-	s.m[v] = struct{}{}
+	s.m[v] = inc
 }
 
 func (s *seqSet) remove(v uint64) { delete(s.m, v) }
@@ -424,16 +546,4 @@ func (s *seqSet) min() (uint64, bool) {
 		}
 	}
 	return m, ok
-}
-
-type pebbleLogger struct{ l *slog.Logger }
-
-func (p pebbleLogger) Infof(format string, args ...any) {}
-func (p pebbleLogger) Errorf(format string, args ...any) {
-	p.l.Error("pebble: " + fmt.Sprintf(format, args...))
-}
-func (p pebbleLogger) Fatalf(format string, args ...any) {
-	msg := "pebble: " + fmt.Sprintf(format, args...)
-	p.l.Error(msg)
-	panic(msg) // Pebble requires Fatalf not to return; the process must die rather than ack.
 }
