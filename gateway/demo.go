@@ -59,30 +59,9 @@ func SetUpDemo(ctx context.Context, cfg Config, publicAddr, adminAddr string, ou
 			return fmt.Errorf("gateway not ready after 30s (is redis running?)")
 		}
 	}
-	now := time.Now().UTC()
-	body := fmt.Sprintf(`{"id":"demo","name":"$5 off $30","coupon":{"type":"threshold","tiers":[{"min":3000,"off":500}]},
-"stock":1000,"per_user_limit":1,"shards":4,"starts_at":%q,"ends_at":%q,"validity":{"mode":"days_after_claim","days":7}}`,
-		now.Add(-time.Minute).Format(time.RFC3339), now.Add(30*24*time.Hour).Format(time.RFC3339))
-	req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+adminAddr+"/admin/v1/campaigns", bytes.NewBufferString(body))
-	req.Header.Set("Authorization", "Bearer "+adminToken)
-	resp, err := hc.Do(req)
+	id, note, err := createDemo(ctx, hc, adminAddr, adminToken)
 	if err != nil {
 		return err
-	}
-	var answer struct {
-		Status string `json:"status"`
-		Error  string `json:"error"`
-	}
-	_ = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&answer)
-	resp.Body.Close()
-	switch {
-	case resp.StatusCode == 409 && answer.Status == "leftover_state":
-		return fmt.Errorf("the demo campaign cannot be created: %s "+
-			"(Redis at %v kept the keys of an earlier demo whose definition is gone, e.g. the data dir was removed while "+
-			"redis-server kept running: delete those keys — redis-cli --scan --pattern 'fg:{demo.*' lists them — "+
-			"or restart that redis-server empty, then start again)", answer.Error, cfg.Redis.Addrs)
-	case resp.StatusCode != 201 && resp.StatusCode != 409:
-		return fmt.Errorf("creating the demo campaign: HTTP %d %s", resp.StatusCode, answer.Error)
 	}
 	tok, err := MintHS256For(cfg.Auth.HS256Secret, "demo-user-1", cfg.Auth.Issuer, cfg.Auth.Audience, 24*time.Hour)
 	if err != nil {
@@ -90,17 +69,61 @@ func SetUpDemo(ctx context.Context, cfg Config, publicAddr, adminAddr string, ou
 	}
 	fmt.Fprintf(out, `
 flashgate is running: public http://%[1]s  admin http://%[2]s
-A demo campaign "demo" (1000 × $5 off $30, one per user) is live. Claim one:
+%[5]sA demo campaign %[6]q (1000 × $5 off $30, one per user) is live. Claim one:
 
-  curl -s -X POST http://%[1]s/v1/campaigns/demo/claim \
+  curl -s -X POST http://%[1]s/v1/campaigns/%[6]s/claim \
     -H 'Authorization: Bearer %[3]s' \
     -H 'X-Device-ID: demo-device-1' -H 'Idempotency-Key: tap-1'
 
 Its live figures:
 
-  curl -s -H 'Authorization: Bearer %[4]s' http://%[2]s/admin/v1/campaigns/demo
+  curl -s -H 'Authorization: Bearer %[4]s' http://%[2]s/admin/v1/campaigns/%[6]s
 
 Ctrl-C stops the gateway.
-`, publicAddr, adminAddr, tok, adminToken)
+`, publicAddr, adminAddr, tok, adminToken, note, id)
 	return nil
+}
+
+// demoIDsMax bounds the ids tried for the demo campaign.
+const demoIDsMax = 20
+
+// createDemo creates the demo campaign (an existing one is reused). Redis may
+// hold the state of an earlier demo whose definition is gone (a fresh clone
+// or data dir against a redis-server that kept running); ids are never
+// reused over another campaign's state, so the next free id is taken:
+// demo, demo-2, demo-3, …
+func createDemo(ctx context.Context, hc *http.Client, adminAddr, adminToken string) (id, note string, err error) {
+	now := time.Now().UTC()
+	for n := 1; n <= demoIDsMax; n++ {
+		id = "demo"
+		if n > 1 {
+			id = fmt.Sprintf("demo-%d", n)
+		}
+		body := fmt.Sprintf(`{"id":%q,"name":"$5 off $30","coupon":{"type":"threshold","tiers":[{"min":3000,"off":500}]},
+"stock":1000,"per_user_limit":1,"shards":4,"starts_at":%q,"ends_at":%q,"validity":{"mode":"days_after_claim","days":7}}`,
+			id, now.Add(-time.Minute).Format(time.RFC3339), now.Add(30*24*time.Hour).Format(time.RFC3339))
+		req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+adminAddr+"/admin/v1/campaigns", bytes.NewBufferString(body))
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		resp, err := hc.Do(req)
+		if err != nil {
+			return "", "", err
+		}
+		var answer struct {
+			Status string `json:"status"`
+			Error  string `json:"error"`
+		}
+		_ = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&answer)
+		resp.Body.Close()
+		switch {
+		case resp.StatusCode == 409 && answer.Status == "leftover_state":
+			note = "(Redis keeps the state of an earlier demo whose definition is gone — a new data dir against a\n" +
+				"redis-server that kept running — so this run's demo has a new id.)\n"
+			continue
+		case resp.StatusCode != 201 && resp.StatusCode != 409:
+			return "", "", fmt.Errorf("creating the demo campaign: HTTP %d %s", resp.StatusCode, answer.Error)
+		}
+		return id, note, nil
+	}
+	return "", "", fmt.Errorf("the demo campaign cannot be created: Redis holds earlier demos' state under demo … demo-%d; "+
+		"restart that redis-server empty or delete its fg:{demo* keys", demoIDsMax)
 }
