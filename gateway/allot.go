@@ -56,10 +56,12 @@ func (g *Gateway) allotUnits(ctx context.Context, st *stock.Store, c *campaign.C
 }
 
 // allotNeeded reports whether this gateway has not yet seen the campaign's
-// committed units on its shards.
+// committed units on its shards. Deleted campaigns too: units committed
+// just before a DELETE still belong on the shards (nobody can claim them),
+// or Redis and the definition would disagree for good.
 func (g *Gateway) allotNeeded(c *campaign.Campaign) bool {
 	prev, ok := g.allot.done.Load(c.ID)
-	return !c.Deleted && (!ok || prev.(int64) < c.Units())
+	return !ok || prev.(int64) < c.Units()
 }
 
 // definitionChanged is called from the campaign watch goroutine: it must not

@@ -164,12 +164,10 @@ func (g *Gateway) patchCampaign(ctx *fasthttp.RequestCtx, rctx context.Context, 
 				return
 			}
 		}
-		if !del {
-			if err := g.allotUnits(rctx, st, &n); err != nil {
-				adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable",
-					"the change is committed but its units are not yet on the shards ("+err.Error()+"); every gateway keeps putting them there, and a retry with the same change_id answers once they are")
-				return
-			}
+		if err := g.allotUnits(rctx, st, &n); err != nil && !del { // a DELETE is done; the allot loop finishes it
+			adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable",
+				"the change is committed but its units are not yet on the shards ("+err.Error()+"); every gateway keeps putting them there, and a retry with the same change_id answers once they are")
+			return
 		}
 		g.waitVisible(id, func(c *campaign.Campaign) bool { return c.Revision >= rev })
 		g.log.Info("campaign changed", "id", id, "change_id", p.ChangeID, "replay", replay, "stock", n.Stock, "units", n.Units(), "paused", n.Paused, "deleted", n.Deleted)

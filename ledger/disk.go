@@ -557,6 +557,12 @@ func (l *Ledger) Recover() error {
 	if last > l.seq.Load() {
 		l.seq.Store(last) // cannot happen (every record's number was assigned here or found at Open); keep order anyway
 	}
+	// Numbers handed out to appends that failed are gone for good: a
+	// reader may have moved past them, so a restart must not reuse them.
+	if err := writeSeqFloor(inc, l.seq.Load()); err != nil {
+		l.mu.Unlock()
+		return err
+	}
 	l.cur.Store(inc)
 	l.mu.Unlock()
 	l.recoveries.Add(1)

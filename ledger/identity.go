@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -9,7 +10,8 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 )
 
-// tagMeta keys hold facts about the ledger itself ('m' name -> value).
+// tagMeta keys hold facts about the ledger itself ('m' name -> value):
+// "id" its identity, "seq" its sequence floor.
 const tagMeta = 'm'
 
 // nodeIDBytes is the size of a ledger's random identity.
@@ -52,3 +54,33 @@ func (l *Ledger) loadID() error {
 // ID is the ledger's identity: 16 hex characters, fixed for the life of the
 // directory ("" only for a read-only ledger that was never written).
 func (l *Ledger) ID() string { return l.id }
+
+var metaSeqFloor = []byte{tagMeta, 's', 'e', 'q'}
+
+// seqFloor reads the sequence floor: numbers up to it were handed out by an
+// earlier Pebble instance (appends in flight when its disk failed), so they
+// are never handed out again, even after a restart — a reader's cursor may
+// already have passed them (0 when never written).
+func seqFloor(db *pebble.DB) (uint64, error) {
+	v, closer, err := db.Get(metaSeqFloor)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("ledger: sequence floor: %w", err)
+	}
+	defer closer.Close()
+	if len(v) != 8 {
+		return 0, fmt.Errorf("ledger: corrupt sequence floor %x", v)
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+// writeSeqFloor stores (synced) the sequence floor in inc.
+func writeSeqFloor(inc *incarnation, floor uint64) error {
+	v := binary.BigEndian.AppendUint64(nil, floor)
+	if err := inc.write(func(db *pebble.DB) error { return db.Set(metaSeqFloor, v, pebble.Sync) }); err != nil {
+		return fmt.Errorf("ledger: sequence floor: %w", err)
+	}
+	return nil
+}

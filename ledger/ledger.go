@@ -229,7 +229,12 @@ func Open(opts Options) (*Ledger, error) {
 		return nil, err
 	}
 	l.cur.Store(inc)
-	l.seq.Store(last)
+	floor, err := seqFloor(inc.db)
+	if err != nil {
+		_ = l.Close()
+		return nil, err
+	}
+	l.seq.Store(max(last, floor))
 	if err := l.loadID(); err != nil {
 		_ = l.Close()
 		return nil, err

@@ -9,6 +9,7 @@
 package campaign
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -284,7 +285,40 @@ func (c *Campaign) Validate() error {
 			bad("budget", "budget %d is below one coupon's face value %d", c.Budget, c.Coupon.FaceValue())
 		}
 	}
+	if len(errs) == 0 {
+		if n, field := c.encodedLenWorst(); n > DefinitionLenMax {
+			bad(field, "the definition would take %d bytes encoded (with room for %d change ids), over the %d a definition may hold: shorten it", n, ChangesKeptMax, DefinitionLenMax)
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// DefinitionLenMax bounds one stored definition (the KV bucket's value
+// limit). Validate refuses a definition that could outgrow it, so nothing is
+// written to Redis for a definition the bucket would refuse, and a stored one
+// always has room for its change ids.
+const DefinitionLenMax = 64 << 10
+
+// changeIDLenMax bounds a PATCH's change_id.
+const changeIDLenMax = 64
+
+// encodedLenWorst is the definition's encoded size once Changes holds the
+// most and longest change ids it can keep, and the field most to blame.
+func (c *Campaign) encodedLenWorst() (int, string) {
+	w := *c
+	w.CouponJSON = nil
+	w.Changes = make([]string, ChangesKeptMax)
+	for i := range w.Changes {
+		w.Changes[i] = strings.Repeat("x", changeIDLenMax)
+	}
+	b, _ := json.Marshal(&w)
+	field := "name"
+	if c.Coupon.Scope != nil {
+		if sb, _ := json.Marshal(c.Coupon.Scope); len(sb) > len(b)/2 {
+			field = "coupon.scope"
+		}
+	}
+	return len(b), field
 }
 
 func (cp *Coupon) validate(bad func(field, format string, args ...any)) {
@@ -436,8 +470,8 @@ func (c *Campaign) Apply(p *Patch) (Campaign, error) {
 	if c.Deleted {
 		errs = append(errs, &FieldError{Field: "id", Msg: "campaign is deleted"})
 	}
-	if len(p.ChangeID) > 64 {
-		errs = append(errs, &FieldError{Field: "change_id", Msg: "at most 64 characters"})
+	if len(p.ChangeID) > changeIDLenMax {
+		errs = append(errs, &FieldError{Field: "change_id", Msg: fmt.Sprintf("at most %d characters", changeIDLenMax)})
 	}
 	if err := n.Validate(); err != nil {
 		errs = append(errs, err)

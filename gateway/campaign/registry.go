@@ -16,8 +16,6 @@ import (
 // Bucket is the NATS KV bucket holding campaign definitions, one key per id.
 const Bucket = "flashgate-campaigns"
 
-// definitionLenMax bounds one stored definition.
-const definitionLenMax = 64 << 10
 
 // connectionCheckInterval is how often a live watch checks that the NATS
 // connection is up: a lost connection is seen within this, and counts
@@ -60,7 +58,7 @@ func OpenRegistry(ctx context.Context, js jetstream.JetStream, replicas int, log
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:       Bucket,
 		History:      8,
-		MaxValueSize: definitionLenMax,
+		MaxValueSize: DefinitionLenMax,
 		Storage:      jetstream.FileStorage,
 		Replicas:     replicas,
 	})
