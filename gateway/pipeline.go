@@ -198,7 +198,7 @@ func (g *Gateway) unstored(ctx context.Context, recs []ledger.Record, missing []
 		want[id] = true
 	}
 	var refused []store.Grant
-	node := g.NodeID()
+	node := g.ledger.ID() // as the relay publishes it
 	for i := range recs {
 		r := &recs[i]
 		if !want[r.GrantID] {
