@@ -208,7 +208,9 @@ func (g *Gateway) unstored(ctx context.Context, recs []ledger.Record, missing []
 			setAside = append(setAside, r.GrantID)
 			continue
 		}
-		if gr := relay.GrantOf(node, r); gr.Validate() != nil {
+		// The stream's grant as the sink would map it to the store's row
+		// (ledger/sink: the same compiler-checked conversion).
+		if gr := store.Grant(relay.GrantOf(node, r)); gr.Validate() != nil {
 			refused = append(refused, gr)
 			continue
 		}
