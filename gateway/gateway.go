@@ -50,7 +50,6 @@ import (
 	"github.com/flashgate/flashgate/gateway/stock"
 	"github.com/flashgate/flashgate/ledger"
 	"github.com/flashgate/flashgate/ledger/relay"
-	"github.com/flashgate/flashgate/ledger/sink"
 	"github.com/flashgate/flashgate/ledger/store"
 )
 
@@ -96,7 +95,8 @@ type Gateway struct {
 	reg        *campaign.Registry
 	store      *store.Store
 	relay      *relay.Relay
-	sink       *sink.Sink
+	newSink    NewSinkFunc // WithSink: builds the embedded sink
+	sink       Sink        // embedded (sink.embedded), nil otherwise
 	pipe       pipelineState
 	risk       *risk
 	// snapshots carries ids of changed campaigns to saveSnapshots.
@@ -195,18 +195,26 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 	return g, nil
 }
 
+// EmbeddedNATSOptions are the options of the JetStream server a gateway
+// embeds when nats.url is empty: loopback, a random port, its store under
+// <data_dir>/nats. The offline audit starts one on a stopped gateway's data
+// dir to read its campaigns.
+func EmbeddedNATSOptions(dataDir string) *server.Options {
+	return &server.Options{
+		ServerName: "flashgate-embedded",
+		Host:       "127.0.0.1",
+		Port:       server.RANDOM_PORT,
+		JetStream:  true,
+		StoreDir:   filepath.Join(dataDir, "nats"),
+		NoSigs:     true,
+		NoLog:      true,
+	}
+}
+
 func (g *Gateway) openNATS(ctx context.Context) error {
 	var err error
 	if g.cfg.NATS.URL == "" {
-		g.ns, err = server.NewServer(&server.Options{
-			ServerName: "flashgate-embedded",
-			Host:       "127.0.0.1",
-			Port:       server.RANDOM_PORT,
-			JetStream:  true,
-			StoreDir:   filepath.Join(g.cfg.DataDir, "nats"),
-			NoSigs:     true,
-			NoLog:      true,
-		})
+		g.ns, err = server.NewServer(EmbeddedNATSOptions(g.cfg.DataDir))
 		if err != nil {
 			return fmt.Errorf("gateway: embedded nats: %w", err)
 		}
