@@ -22,8 +22,10 @@
 // campaign units on the shards (allot.go), the settler and marker of
 // unsettled grants (settle.go), the ledger supervisor that re-opens a ledger
 // whose disk failed (ledgerdisk.go), the relay (ledger → JetStream), the
-// reconciler and, when embedded, the sink (JetStream → SQL store) —
-// pipeline.go. Handler goroutines share only the registry snapshot (atomic
+// reconciler and, when embedded, the sink (JetStream → SQL store; package
+// ledger/sink, wired by cmd through WithSink) — pipeline.go. The audit
+// (GET /admin/v1/audit) is package audit, fed this gateway's ledger, relay
+// cursor, Redis, campaigns and store. Handler goroutines share only the registry snapshot (atomic
 // pointer), the sold-out flags and stats counters (atomics), the ledger and
 // the Redis client (both safe for concurrent use).
 package gateway
