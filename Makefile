@@ -39,6 +39,7 @@ fuzz:
 	$(GO) test ./gateway -run '^$$' -fuzz FuzzVerifyToken -fuzztime 30s
 	$(GO) test ./gateway -run '^$$' -fuzz FuzzClientIP -fuzztime 30s
 	$(GO) test ./ledger/sink -run '^$$' -fuzz FuzzDecode -fuzztime 30s
+	$(GO) test ./ledger/relay -run '^$$' -fuzz FuzzDecode -fuzztime 30s
 
 # Go benchmark of the claim handler (in-memory listener, real Redis, real ledger).
 bench-claim:

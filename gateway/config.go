@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -167,11 +168,40 @@ func DefaultConfig() Config {
 // LoadConfig reads path (may be empty: defaults only) and the environment,
 // and validates the result. Every unknown or invalid key is named.
 func LoadConfig(path string, environ []string) (Config, error) {
-	cfg := DefaultConfig()
+	cfg, read, err := readConfig(path, environ)
+	if !read {
+		return cfg, err
+	}
+	return cfg, errors.Join(err, cfg.Validate())
+}
+
+// LoadPartConfig is LoadConfig for a tool that reads only some sections
+// (flashgate sink, the offline audit): every unknown key is still refused,
+// but only the keys under sections are validated, so a sink's file needs no
+// auth or redis section.
+func LoadPartConfig(path string, environ []string, sections ...string) (Config, error) {
+	cfg, read, err := readConfig(path, environ)
+	if !read {
+		return cfg, err
+	}
+	return cfg, errors.Join(err, cfg.ValidateSections(sections...))
+}
+
+// ReadConfig is defaults, then the file at path (may be empty), then the
+// environment, with every unknown key named; it does not validate values.
+func ReadConfig(path string, environ []string) (Config, error) {
+	cfg, _, err := readConfig(path, environ)
+	return cfg, err
+}
+
+// readConfig is ReadConfig; read is false when the file or the environment
+// could not be read at all (nothing worth validating).
+func readConfig(path string, environ []string) (cfg Config, read bool, err error) {
+	cfg = DefaultConfig()
 	k := koanf.New(".")
 	if path != "" {
 		if err := k.Load(file.Provider(path), yaml.Parser()); err != nil {
-			return cfg, fmt.Errorf("config: %s: %w", path, err)
+			return cfg, false, fmt.Errorf("config: %s: %w", path, err)
 		}
 	}
 	if environ == nil {
@@ -179,10 +209,10 @@ func LoadConfig(path string, environ []string) (Config, error) {
 	}
 	envMap, err := envOverrides(environ)
 	if err != nil {
-		return cfg, err
+		return cfg, false, err
 	}
 	if err := k.Load(confmap.Provider(envMap, "."), nil); err != nil {
-		return cfg, fmt.Errorf("config: env: %w", err)
+		return cfg, false, fmt.Errorf("config: env: %w", err)
 	}
 	var md mapstructure.Metadata
 	err = k.UnmarshalWithConf("", &cfg, koanf.UnmarshalConf{DecoderConfig: &mapstructure.DecoderConfig{
@@ -202,10 +232,56 @@ func LoadConfig(path string, environ []string) (Config, error) {
 	for _, u := range md.Unused {
 		errs = append(errs, fmt.Errorf("config: unknown key %q", u))
 	}
-	if err := cfg.Validate(); err != nil {
-		errs = append(errs, err)
+	return cfg, true, errors.Join(errs...)
+}
+
+// KeyError is one invalid key found by Validate.
+type KeyError struct {
+	Key     string // key path, e.g. "auth.hs256_secret", or a section, "auth"
+	Problem string
+}
+
+func (e *KeyError) Error() string { return "config: " + e.Key + ": " + e.Problem }
+
+// ValidateSections is Validate restricted to the keys under the given
+// top-level sections or keys ("nats", "store", "data_dir").
+func (c *Config) ValidateSections(sections ...string) error {
+	all, ok := c.Validate().(interface{ Unwrap() []error })
+	if !ok {
+		return nil
 	}
-	return cfg, errors.Join(errs...)
+	var errs []error
+	for _, err := range all.Unwrap() {
+		var ke *KeyError
+		if !errors.As(err, &ke) {
+			errs = append(errs, err)
+			continue
+		}
+		for _, s := range sections {
+			if ke.Key == s || strings.HasPrefix(ke.Key, s+".") {
+				errs = append(errs, err)
+				break
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// StoreDSN is store.dsn, defaulting to an SQLite file in data_dir.
+func (c *Config) StoreDSN() string {
+	if c.Store.DSN == "" && c.Store.Driver == "sqlite" {
+		return filepath.Join(c.DataDir, "grants.db")
+	}
+	return c.Store.DSN
+}
+
+// Node is this gateway's name: node_id, default gw-<host name>.
+func (c *Config) Node() string {
+	if c.NodeID != "" {
+		return c.NodeID
+	}
+	h, _ := os.Hostname()
+	return "gw-" + h
 }
 
 // envKeys maps FLASHGATE_ names to key paths; built from the known keys so
@@ -261,7 +337,7 @@ func envOverrides(environ []string) (map[string]any, error) {
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(key, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("config: %s: %s", key, fmt.Sprintf(format, args...)))
+		errs = append(errs, &KeyError{Key: key, Problem: fmt.Sprintf(format, args...)})
 	}
 	for key, addr := range map[string]string{"public_addr": c.PublicAddr, "admin_addr": c.AdminAddr} {
 		if _, err := netip.ParseAddrPort(addr); err != nil && !strings.HasPrefix(addr, ":") {

@@ -22,8 +22,10 @@
 // campaign units on the shards (allot.go), the settler and marker of
 // unsettled grants (settle.go), the ledger supervisor that re-opens a ledger
 // whose disk failed (ledgerdisk.go), the relay (ledger → JetStream), the
-// reconciler and, when embedded, the sink (JetStream → SQL store) —
-// pipeline.go. Handler goroutines share only the registry snapshot (atomic
+// reconciler and, when embedded, the sink (JetStream → SQL store; package
+// ledger/sink, wired by cmd through WithSink) — pipeline.go. The audit
+// (GET /admin/v1/audit) is package audit, fed this gateway's ledger, relay
+// cursor, Redis, campaigns and store. Handler goroutines share only the registry snapshot (atomic
 // pointer), the sold-out flags and stats counters (atomics), the ledger and
 // the Redis client (both safe for concurrent use).
 package gateway
@@ -50,7 +52,6 @@ import (
 	"github.com/flashgate/flashgate/gateway/stock"
 	"github.com/flashgate/flashgate/ledger"
 	"github.com/flashgate/flashgate/ledger/relay"
-	"github.com/flashgate/flashgate/ledger/sink"
 	"github.com/flashgate/flashgate/ledger/store"
 )
 
@@ -96,7 +97,8 @@ type Gateway struct {
 	reg        *campaign.Registry
 	store      *store.Store
 	relay      *relay.Relay
-	sink       *sink.Sink
+	newSink    NewSinkFunc // WithSink: builds the embedded sink
+	sink       Sink        // embedded (sink.embedded), nil otherwise
 	pipe       pipelineState
 	risk       *risk
 	// snapshots carries ids of changed campaigns to saveSnapshots.
@@ -195,18 +197,26 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 	return g, nil
 }
 
+// EmbeddedNATSOptions are the options of the JetStream server a gateway
+// embeds when nats.url is empty: loopback, a random port, its store under
+// <data_dir>/nats. The offline audit starts one on a stopped gateway's data
+// dir to read its campaigns.
+func EmbeddedNATSOptions(dataDir string) *server.Options {
+	return &server.Options{
+		ServerName: "flashgate-embedded",
+		Host:       "127.0.0.1",
+		Port:       server.RANDOM_PORT,
+		JetStream:  true,
+		StoreDir:   filepath.Join(dataDir, "nats"),
+		NoSigs:     true,
+		NoLog:      true,
+	}
+}
+
 func (g *Gateway) openNATS(ctx context.Context) error {
 	var err error
 	if g.cfg.NATS.URL == "" {
-		g.ns, err = server.NewServer(&server.Options{
-			ServerName: "flashgate-embedded",
-			Host:       "127.0.0.1",
-			Port:       server.RANDOM_PORT,
-			JetStream:  true,
-			StoreDir:   filepath.Join(g.cfg.DataDir, "nats"),
-			NoSigs:     true,
-			NoLog:      true,
-		})
+		g.ns, err = server.NewServer(EmbeddedNATSOptions(g.cfg.DataDir))
 		if err != nil {
 			return fmt.Errorf("gateway: embedded nats: %w", err)
 		}

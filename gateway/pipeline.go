@@ -5,21 +5,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"sort"
+	"log/slog"
 	"strconv"
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/valyala/fasthttp"
 
+	"github.com/flashgate/flashgate/gateway/audit"
 	"github.com/flashgate/flashgate/gateway/campaign"
 	"github.com/flashgate/flashgate/gateway/status"
-	"github.com/flashgate/flashgate/gateway/stock"
 	"github.com/flashgate/flashgate/ledger"
 	"github.com/flashgate/flashgate/ledger/relay"
-	"github.com/flashgate/flashgate/ledger/sink"
 	"github.com/flashgate/flashgate/ledger/store"
 )
 
@@ -43,27 +41,32 @@ type pipelineState struct {
 }
 
 // NodeID is this gateway's name (config node_id, default the host name).
-func (g *Gateway) NodeID() string {
-	if g.cfg.NodeID != "" {
-		return g.cfg.NodeID
-	}
-	h, _ := os.Hostname()
-	return "gw-" + h
+func (g *Gateway) NodeID() string { return g.cfg.Node() }
+
+// Sink is the JetStream → store consumer a gateway runs inside serve when
+// sink.embedded is true. Package ledger/sink implements it; cmd (and the
+// test stack) wire it with WithSink, so that only cmd wires the sink
+// (internal/lint) and the gateway does not depend on the consumer.
+type Sink interface {
+	Run(ctx context.Context) // until ctx ends
+	Stored() int64           // grants inserted
+	Duplicates() int64       // repeats skipped
+	Poison() int64           // undecodable messages terminated
+	SetAside() int64         // grants the store can never hold, set aside
 }
 
-// storeDSN is store.dsn, defaulting to an SQLite file in data_dir.
-func (c *Config) storeDSN() string {
-	if c.Store.DSN == "" && c.Store.Driver == "sqlite" {
-		return filepath.Join(c.DataDir, "grants.db")
-	}
-	return c.Store.DSN
-}
+// NewSinkFunc builds the embedded sink on the gateway's JetStream and store.
+type NewSinkFunc func(js jetstream.JetStream, st *store.Store, log *slog.Logger) (Sink, error)
+
+// WithSink wires the sink that runs inside the gateway when sink.embedded
+// is true (the default); New refuses an embedded sink without it.
+func WithSink(f NewSinkFunc) Option { return func(g *Gateway) { g.newSink = f } }
 
 func (g *Gateway) openPipeline(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	var err error
-	if g.store, err = store.Open(sctx, g.cfg.Store.Driver, g.cfg.storeDSN()); err != nil {
+	if g.store, err = store.Open(sctx, g.cfg.Store.Driver, g.cfg.StoreDSN()); err != nil {
 		return err
 	}
 	streamCfg := relay.StreamConfig(g.cfg.NATS.Replicas, g.cfg.NATS.DedupWindow, g.cfg.NATS.StreamMaxAge)
@@ -78,7 +81,10 @@ func (g *Gateway) openPipeline(ctx context.Context) error {
 		return err
 	}
 	if g.cfg.Sink.Embedded {
-		if g.sink, err = sink.New(sink.Options{JS: g.js, Store: g.store, Logger: g.log}); err != nil {
+		if g.newSink == nil {
+			return errors.New("gateway: sink.embedded is true but no sink was wired (WithSink)")
+		}
+		if g.sink, err = g.newSink(g.js, g.store, g.log); err != nil {
 			return err
 		}
 	}
@@ -208,7 +214,9 @@ func (g *Gateway) unstored(ctx context.Context, recs []ledger.Record, missing []
 			setAside = append(setAside, r.GrantID)
 			continue
 		}
-		if gr := relay.GrantOf(node, r); gr.Validate() != nil {
+		// The stream's grant as the sink would map it to the store's row
+		// (ledger/sink: the same compiler-checked conversion).
+		if gr := store.Grant(relay.GrantOf(node, r)); gr.Validate() != nil {
 			refused = append(refused, gr)
 			continue
 		}
@@ -318,181 +326,33 @@ func (g *Gateway) adminCampaignGrants(ctx *fasthttp.RequestCtx, id string) {
 	adminJSON(ctx, fasthttp.StatusOK, map[string]any{"grants": out, "next_cursor": next})
 }
 
-// --- audit ------------------------------------------------------------------
-
-// AuditRow is one campaign's figures from every place a grant is counted.
-type AuditRow struct {
-	Campaign        string `json:"campaign"`
-	Stock           int64  `json:"stock"`
-	Units           int64  `json:"units"` // stock capped by the budget: what the shards started with
-	PerUserLimit    int    `json:"per_user_limit"`
-	RedisGranted    int64  `json:"redis_granted"`
-	RedisRemaining  int64  `json:"redis_remaining"`
-	Ledger          int64  `json:"ledger"`
-	Stream          int64  `json:"stream"` // ledger grants JetStream acknowledged (relay cursor)
-	Store           int64  `json:"store"`
-	StoreMaxPerUser int64  `json:"store_max_per_user"`
-	// Unsettled grants are decided in Redis but not yet marked as held by
-	// their node's synced ledger; Held are those of nodes outside this audit
-	// (down, or not audited): neither lost nor returned, waiting for their
-	// node or a replacement on its data dir.
-	Unsettled      int64    `json:"unsettled"`
-	Held           int64    `json:"held"`
-	MissingInStore int64    `json:"missing_in_store"`
-	SetAside       int64    `json:"set_aside"` // ledger grants the store cannot hold (grants_set_aside), not counted as missing
-	ExtraInStore   int64    `json:"extra_in_store"`
-	Violations     []string `json:"violations,omitempty"`
-}
-
-// AuditReport is the whole audit.
-type AuditReport struct {
-	Node         string     `json:"node"`
-	Ledgers      []string   `json:"ledgers"` // identities of the ledgers audited`
-	RelayBacklog uint64     `json:"relay_backlog"`
-	Campaigns    []AuditRow `json:"campaigns"`
-	Violations   int        `json:"violations"`
-}
+// --- audit (package audit) -------------------------------------------------
 
 // Audit compares, per campaign, Redis counters, this gateway's ledger, the
 // stream and the store, and names every violation of I1, I2, I5 and I6.
 // It assumes this gateway's ledger is the only one (one node); with several
 // nodes, audit them together with AuditLedgers.
-func (g *Gateway) Audit(ctx context.Context) (AuditReport, error) { return g.AuditLedgers(ctx, nil) }
+func (g *Gateway) Audit(ctx context.Context) (audit.Report, error) { return g.AuditLedgers(ctx, nil) }
 
-// AuditLedgers audits this gateway's ledger together with others (the
-// ledgers of stopped gateways of the same fleet): the union of their grants
-// is compared with Redis and the store.
-func (g *Gateway) AuditLedgers(ctx context.Context, others []*ledger.Ledger) (AuditReport, error) {
-	rep := AuditReport{Node: g.NodeID(), RelayBacklog: g.relay.Backlog()}
-	ledgerIDs := map[string]map[string]bool{}
-	acked := map[string]int64{} // grants JetStream acknowledged (seq ≤ relay cursor)
-	audited := map[string]bool{}
-	for i, l := range append([]*ledger.Ledger{g.ledger}, others...) {
-		relayed := g.relay.Cursor()
-		if i > 0 {
-			c, err := l.Cursor(relay.CursorName)
-			if err != nil {
-				return rep, err
-			}
-			relayed = c
-		}
-		audited[l.ID()] = true
-		rep.Ledgers = append(rep.Ledgers, l.ID())
-		err := l.Scan(0, ^uint64(0), func(r *ledger.Record) error {
-			m := ledgerIDs[r.Campaign]
-			if m == nil {
-				m = map[string]bool{}
-				ledgerIDs[r.Campaign] = m
-			}
-			if m[r.GrantID] {
-				return fmt.Errorf("audit: grant %s is in two ledgers", r.GrantID)
-			}
-			if r.Seq <= relayed {
-				acked[r.Campaign]++
-			}
-			m[r.GrantID] = true
-			return nil
-		})
+// AuditLedgers audits this gateway's ledger (with the live relay cursor)
+// together with others (the ledgers of stopped gateways of the same fleet):
+// the union of their grants is compared with Redis and the store.
+func (g *Gateway) AuditLedgers(ctx context.Context, others []*ledger.Ledger) (audit.Report, error) {
+	src := audit.Sources{Node: g.NodeID(), Ledgers: []audit.Ledger{{Ledger: g.ledger, Relayed: g.relay.Cursor()}},
+		RelayBacklog: g.relay.Backlog(), Stock: g.stock(), Campaigns: g.reg.List(), Store: g.store}
+	for _, l := range others {
+		a, err := audit.Stopped(l)
 		if err != nil {
-			return rep, err
+			return audit.Report{Node: src.Node, RelayBacklog: src.RelayBacklog}, err
 		}
+		src.Ledgers = append(src.Ledgers, a)
 	}
-	counts, err := g.store.Counts(ctx)
-	if err != nil {
-		return rep, err
-	}
-	st := g.stock()
-	list := g.reg.List()
-	sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
-	for _, c := range list {
-		row := AuditRow{Campaign: c.ID, Stock: c.Stock, Units: c.Units(), PerUserLimit: c.PerUserLimit, Ledger: int64(len(ledgerIDs[c.ID])),
-			Stream: acked[c.ID], StoreMaxPerUser: counts[c.ID].MaxPerUser}
-		var mineUnsettled int64 // unsettled grants of audited nodes, not in their ledgers
-		if st != nil {
-			if cnt, err := st.Count(ctx, c.ID, c.Shards); err == nil {
-				row.RedisGranted, row.RedisRemaining = cnt.Granted, cnt.Remaining
-			} else {
-				row.Violations = append(row.Violations, "redis unreadable: "+err.Error())
-			}
-			err := st.ScanUnsettled(ctx, c.ID, c.Shards, func(u stock.Unsettled) error {
-				if ledgerIDs[c.ID][u.GrantID] {
-					return nil // durable, its mark not yet applied
-				}
-				row.Unsettled++
-				if audited[u.Node] {
-					mineUnsettled++
-				} else {
-					row.Held++
-				}
-				return nil
-			})
-			if err != nil {
-				row.Violations = append(row.Violations, "redis unreadable: "+err.Error())
-			}
-		}
-		storeIDs := map[string]bool{}
-		if err := g.store.IDs(ctx, c.ID, func(id string) { storeIDs[id] = true }); err != nil {
-			return rep, err
-		}
-		row.Store = int64(len(storeIDs)) // the same read as missing/extra, so the row is self-consistent
-		asideIDs := map[string]bool{}
-		if err := g.store.SetAsideIDs(ctx, c.ID, func(id, _ string) { asideIDs[id] = true }); err != nil {
-			return rep, err
-		}
-		for id := range ledgerIDs[c.ID] {
-			switch {
-			case storeIDs[id]:
-			case asideIDs[id]:
-				row.SetAside++
-			default:
-				row.MissingInStore++
-			}
-		}
-		for id := range storeIDs {
-			if !ledgerIDs[c.ID][id] {
-				row.ExtraInStore++
-			}
-		}
-		bad := func(format string, args ...any) {
-			row.Violations = append(row.Violations, fmt.Sprintf(format, args...))
-		}
-		units := c.Units() // stock, capped by the budget
-		if row.RedisGranted > units || row.Ledger > units || row.Store > units {
-			bad("I1 oversell: units %d (stock %d, budget %d), redis %d, ledger %d, store %d", units, c.Stock, c.Budget, row.RedisGranted, row.Ledger, row.Store)
-		}
-		if row.StoreMaxPerUser > int64(c.PerUserLimit) {
-			bad("I2 a user holds %d grants, limit %d", row.StoreMaxPerUser, c.PerUserLimit)
-		}
-		if row.MissingInStore > 0 {
-			bad("I5 %d ledger grants missing from the store", row.MissingInStore)
-		}
-		if row.SetAside > 0 {
-			bad("I5 %d ledger grants the store cannot hold are set aside (table grants_set_aside, with the reason)", row.SetAside)
-		}
-		if row.ExtraInStore > 0 {
-			bad("I5/I6 %d store grants not in the audited ledgers", row.ExtraInStore)
-		}
-		if mineUnsettled > 0 {
-			bad("I6 %d grants decided in Redis for an audited node are not yet in its ledger (settling)", mineUnsettled)
-		}
-		if st != nil && row.RedisGranted != row.Ledger+row.Unsettled {
-			bad("I6 redis counts %d grants, ledgers %d + unsettled %d", row.RedisGranted, row.Ledger, row.Unsettled)
-		}
-		if st != nil && row.RedisGranted+row.RedisRemaining != units {
-			bad("I6 redis granted %d + remaining %d ≠ units %d", row.RedisGranted, row.RedisRemaining, units)
-		}
-		if row.Stream < row.Ledger {
-			bad("I6 %d ledger grants not yet acknowledged by JetStream", row.Ledger-row.Stream)
-		}
-		rep.Violations += len(row.Violations)
-		rep.Campaigns = append(rep.Campaigns, row)
-	}
-	return rep, nil
+	return audit.Run(ctx, src)
 }
 
 // AuditSettled runs Audit until it finds no violation or wait ends (the
 // pipeline drains for a moment after a load), returning the last report.
-func (g *Gateway) AuditSettled(ctx context.Context, wait time.Duration) (AuditReport, error) {
+func (g *Gateway) AuditSettled(ctx context.Context, wait time.Duration) (audit.Report, error) {
 	deadline := time.Now().Add(wait)
 	for {
 		rep, err := g.Audit(ctx)
@@ -508,39 +368,6 @@ func (g *Gateway) Store() *store.Store { return g.store }
 
 // Relay exposes the relay (tests, metrics).
 func (g *Gateway) Relay() *relay.Relay { return g.relay }
-
-// AuditOffline audits a stopped gateway from its data directory: it connects
-// to Redis itself, loads the campaigns, and runs Audit without serving.
-// others are the ledgers of other stopped gateways of the fleet, audited
-// together with this one.
-func (g *Gateway) AuditOffline(ctx context.Context, others ...*ledger.Ledger) (AuditReport, error) {
-	c, err := NewRedisClient(g.cfg.Redis)
-	if err != nil {
-		return AuditReport{}, fmt.Errorf("audit: redis: %w", err)
-	}
-	g.redisC.Store(&c)
-	g.stockP.Store(stock.New(c))
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go g.reg.Run(wctx)
-	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
-	defer rcancel()
-	if err := g.reg.WaitReady(rctx); err != nil {
-		return AuditReport{}, err
-	}
-	return g.AuditLedgers(ctx, others)
-}
-
-// SinkOnly runs the sink (and nothing else) until ctx ends: `flashgate sink`.
-func (g *Gateway) SinkOnly(ctx context.Context) error {
-	s, err := sink.New(sink.Options{JS: g.js, Store: g.store, Logger: g.log})
-	if err != nil {
-		return err
-	}
-	g.log.Info("flashgate sink consuming", "stream", relay.Stream, "store", g.cfg.Store.Driver)
-	s.Run(ctx)
-	return nil
-}
 
 // saveSnapshots writes the definition of each changed campaign into the
 // store's campaigns table, for reporting next to the grants.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/flashgate/flashgate/gateway"
+	"github.com/flashgate/flashgate/gateway/audit"
 	"github.com/flashgate/flashgate/internal/stack"
 	"github.com/flashgate/flashgate/ledger"
 )
@@ -85,7 +86,7 @@ func TestOneUnstorableGrantDoesNotBlockThePipeline(t *testing.T) {
 			}
 		}
 	}
-	var row gateway.AuditRow
+	var row audit.Row
 	within(30*time.Second, "every storable grant stored, the two others set aside", func() bool {
 		rep, err := g.Audit(context.Background())
 		if err != nil || len(rep.Campaigns) != 1 {

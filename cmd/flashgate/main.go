@@ -1,11 +1,18 @@
 // Command flashgate runs the flashgate gateway and its tools.
 //
 //	flashgate serve --config FILE [--check-config] [--demo]
+//	flashgate sink --config FILE
+//	flashgate audit --config FILE [--json] [--with-data-dir DIR]...
 //	flashgate ledger dump --data-dir DIR
 //	flashgate token --secret S --sub USER [--ttl 1h] [--iss I] [--aud A]
 //
 // main only turns flags, file and environment into a Config, validates it,
-// calls gateway.New and Run, and waits for a signal.
+// wires the parts each command needs and runs them until a signal: serve is
+// gateway.New (with the embedded sink wired here, sink.go) and Run; sink is
+// the stream consumer alone, from a config with nats, store and log only
+// (sink.go); the offline audit opens Redis, the campaign registry, the store
+// and the ledgers read-only and runs package audit (audit.go). Only cmd
+// wires the sink (internal/lint).
 package main
 
 import (
@@ -16,13 +23,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/flashgate/flashgate/gateway"
@@ -97,7 +100,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	slog.SetDefault(log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	g, err := gateway.New(ctx, cfg, gateway.WithLogger(log))
+	g, err := gateway.New(ctx, cfg, gateway.WithLogger(log), gateway.WithSink(newSink))
 	if err != nil {
 		fmt.Fprintf(stderr, "flashgate: %v\n", err)
 		return 1
@@ -216,150 +219,6 @@ func token(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stdout, s)
 	return 0
-}
-
-func sinkCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("sink", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "YAML configuration (nats.url and store.* are used)")
-	if err := fs.Parse(args); err != nil {
-		return usageExit(err)
-	}
-	cfg, ok := loadConfig(*configPath, stderr)
-	if !ok {
-		return 1
-	}
-	if cfg.NATS.URL == "" {
-		fmt.Fprintln(stderr, "flashgate sink: nats.url is required (with embedded NATS the sink runs inside serve)")
-		return 1
-	}
-	cfg.Sink.Embedded = false
-	log := jsonLogger(cfg, stderr)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	g, err := gateway.New(ctx, cfg, gateway.WithLogger(log))
-	if err != nil {
-		fmt.Fprintf(stderr, "flashgate sink: %v\n", err)
-		return 1
-	}
-	defer g.Close()
-	if err := g.SinkOnly(ctx); err != nil {
-		fmt.Fprintf(stderr, "flashgate sink: %v\n", err)
-		return 1
-	}
-	return 0
-}
-
-func auditCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "the gateway's YAML configuration")
-	asJSON := fs.Bool("json", false, "print the report as JSON")
-	var others dirList
-	fs.Var(&others, "with-data-dir", "also audit this stopped gateway's ledger (repeatable): a fleet's ledgers are audited together, offline")
-	if err := fs.Parse(args); err != nil {
-		return usageExit(err)
-	}
-	cfg, ok := loadConfig(*configPath, stderr)
-	if !ok {
-		return 1
-	}
-	rep, source, err := fetchAudit(cfg, others, stderr)
-	if err != nil {
-		fmt.Fprintf(stderr, "flashgate audit: %v\n", err)
-		return 1
-	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(rep)
-	} else {
-		printAudit(stdout, rep, source)
-	}
-	if rep.Violations > 0 {
-		return 1
-	}
-	return 0
-}
-
-// fetchAudit asks the running gateway (admin API), or audits its data
-// directory when it is stopped.
-func fetchAudit(cfg gateway.Config, others []string, stderr io.Writer) (gateway.AuditReport, string, error) {
-	var rep gateway.AuditReport
-	var token string
-	for tok, role := range cfg.Admin.Tokens {
-		if role == "admin" || token == "" {
-			token = tok
-		}
-	}
-	if token != "" && len(others) == 0 {
-		req, _ := http.NewRequest("GET", "http://"+cfg.AdminAddr+"/admin/v1/audit", nil)
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := (&http.Client{Timeout: 90 * time.Second}).Do(req)
-		if err == nil {
-			defer resp.Body.Close()
-			if resp.StatusCode != 200 {
-				b, _ := io.ReadAll(resp.Body)
-				return rep, "", fmt.Errorf("gateway at %s answered HTTP %d: %s", cfg.AdminAddr, resp.StatusCode, b)
-			}
-			err := json.NewDecoder(resp.Body).Decode(&rep)
-			return rep, "running gateway at " + cfg.AdminAddr, err
-		}
-	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cfg.Sink.Embedded = false
-	g, err := gateway.New(ctx, cfg, gateway.WithLogger(log))
-	if err != nil {
-		return rep, "", fmt.Errorf("gateway not answering at %s and its data dir cannot be opened: %w", cfg.AdminAddr, err)
-	}
-	defer g.Close()
-	var ledgers []*ledger.Ledger
-	for _, dir := range others {
-		l, err := ledger.Open(ledger.Options{Dir: ledgerDir(dir), ReadOnly: true, Logger: log})
-		if err != nil {
-			return rep, "", fmt.Errorf("ledger of %s (is that gateway still running?): %w", dir, err)
-		}
-		defer l.Close()
-		ledgers = append(ledgers, l)
-	}
-	rep, err = g.AuditOffline(ctx, ledgers...)
-	return rep, "data directories " + strings.Join(append([]string{cfg.DataDir}, others...), ", "), err
-}
-
-// dirList is a repeatable flag.
-type dirList []string
-
-func (d *dirList) String() string     { return strings.Join(*d, ",") }
-func (d *dirList) Set(v string) error { *d = append(*d, v); return nil }
-
-// ledgerDir accepts a gateway's data_dir or its ledger/ subdirectory.
-func ledgerDir(dir string) string {
-	if st, err := os.Stat(filepath.Join(dir, "ledger")); err == nil && st.IsDir() {
-		return filepath.Join(dir, "ledger")
-	}
-	return dir
-}
-
-func printAudit(w io.Writer, rep gateway.AuditReport, source string) {
-	fmt.Fprintf(w, "audit of node %s (%s); ledgers %s; relay backlog %d\n\n", rep.Node, source, strings.Join(rep.Ledgers, " "), rep.RelayBacklog)
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "campaign\tstock\tredis granted\tredis remaining\tunsettled\theld\tledger\tstream\tstore\tmissing in store\tset aside\textra in store\tmax/user\t")
-	for _, r := range rep.Campaigns {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d/%d\t\n", r.Campaign, r.Stock, r.RedisGranted, r.RedisRemaining,
-			r.Unsettled, r.Held, r.Ledger, r.Stream, r.Store, r.MissingInStore, r.SetAside, r.ExtraInStore, r.StoreMaxPerUser, r.PerUserLimit)
-	}
-	tw.Flush()
-	fmt.Fprintln(w)
-	for _, r := range rep.Campaigns {
-		for _, v := range r.Violations {
-			fmt.Fprintf(w, "VIOLATION %s: %s\n", r.Campaign, v)
-		}
-	}
-	if rep.Violations == 0 {
-		fmt.Fprintln(w, "no violations")
-	}
 }
 
 // usageExit is the exit code after a flag parse error: 0 for --help (usage

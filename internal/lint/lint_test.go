@@ -53,18 +53,70 @@ func TestLayers(t *testing.T) {
 		}
 	}
 	// Nothing outside cmd imports bench.
+	for pkg, imps := range moduleImports(t) {
+		if strings.HasPrefix(pkg, mod+"cmd/") || strings.HasPrefix(pkg, mod+"bench") {
+			continue
+		}
+		for _, imp := range imps {
+			if imp == mod+"bench" || strings.HasPrefix(imp, mod+"bench/") {
+				t.Errorf("%s imports %s: only cmd may import bench", pkg, imp)
+			}
+		}
+	}
+}
+
+// moduleImports maps every package of the module to its imports (test files
+// excluded: .Imports lists the package's own files only).
+func moduleImports(t *testing.T) map[string][]string {
+	t.Helper()
 	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Imports " "}}`, "../../...").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
+	m := map[string][]string{}
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 || strings.HasPrefix(f[0], mod+"cmd/") || strings.HasPrefix(f[0], mod+"bench") {
+		if f := strings.Fields(line); len(f) > 0 {
+			m[f[0]] = f[1:]
+		}
+	}
+	return m
+}
+
+// sqlDrivers are the SQL packages a process that never touches SQL must not
+// link.
+var sqlDrivers = []string{"database/sql", "github.com/jackc/", "modernc.org/sqlite"}
+
+// TestPipelineBoundaries: the relay owns the stream message and links no
+// store or SQL driver; the stock and campaign packages serve no HTTP; only
+// cmd wires the sink (the in-process test stack, which wires it as cmd
+// does, excepted).
+func TestPipelineBoundaries(t *testing.T) {
+	const mod = "github.com/flashgate/flashgate/"
+	rules := []struct {
+		pkg       string
+		forbidden []string
+		why       string
+	}{
+		{mod + "ledger/relay", append([]string{mod + "ledger/store", mod + "ledger/sink"}, sqlDrivers...), "the relay owns its wire message and never touches SQL"},
+		{mod + "gateway/stock", []string{"github.com/valyala/fasthttp"}, "the Redis stock layer serves no HTTP"},
+		{mod + "gateway/campaign", []string{"github.com/valyala/fasthttp"}, "campaign definitions and their registry serve no HTTP"},
+	}
+	for _, r := range rules {
+		for _, d := range deps(t, r.pkg) {
+			for _, f := range r.forbidden {
+				if d == f || (strings.HasSuffix(f, "/") && strings.HasPrefix(d, f)) {
+					t.Errorf("%s depends on %s: %s", r.pkg, d, r.why)
+				}
+			}
+		}
+	}
+	for pkg, imps := range moduleImports(t) {
+		if strings.HasPrefix(pkg, mod+"cmd/") || pkg == mod+"internal/stack" || pkg == mod+"ledger/sink" {
 			continue
 		}
-		for _, imp := range f[1:] {
-			if imp == mod+"bench" || strings.HasPrefix(imp, mod+"bench/") {
-				t.Errorf("%s imports %s: only cmd may import bench", f[0], imp)
+		for _, imp := range imps {
+			if imp == mod+"ledger/sink" {
+				t.Errorf("%s imports ledger/sink: only cmd wires the sink (gateway.WithSink)", pkg)
 			}
 		}
 	}

@@ -17,8 +17,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/flashgate/flashgate/gateway"
+	"github.com/flashgate/flashgate/gateway/audit"
 	"github.com/flashgate/flashgate/internal/redisserver"
+	"github.com/flashgate/flashgate/ledger/sink"
+	"github.com/flashgate/flashgate/ledger/store"
 )
 
 const (
@@ -51,6 +56,11 @@ type Options struct {
 	GatewayOptions []gateway.Option
 }
 
+// NewSink is the embedded sink, wired as cmd/flashgate wires it.
+func NewSink(js jetstream.JetStream, st *store.Store, log *slog.Logger) (gateway.Sink, error) {
+	return sink.New(sink.Options{JS: js, Store: st, Logger: log})
+}
+
 // Start runs a stack and stops it when the test ends.
 func Start(t testing.TB, o Options) *Stack {
 	t.Helper()
@@ -73,7 +83,7 @@ func Start(t testing.TB, o Options) *Stack {
 	}
 	s.Config = cfg
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	g, err := gateway.New(context.Background(), cfg, append([]gateway.Option{gateway.WithLogger(log)}, o.GatewayOptions...)...)
+	g, err := gateway.New(context.Background(), cfg, append([]gateway.Option{gateway.WithLogger(log), gateway.WithSink(NewSink)}, o.GatewayOptions...)...)
 	if err != nil {
 		t.Fatalf("stack: gateway: %v", err)
 	}
@@ -300,7 +310,7 @@ func (s *Stack) Claim(ctx context.Context, r ClaimRequest) (Answer, error) {
 // RequireCleanAudit runs the gateway's audit until it finds nothing (the
 // pipeline drains after a load) or wait ends, and fails the test with the
 // report if a violation remains.
-func RequireCleanAudit(t testing.TB, g *gateway.Gateway, wait time.Duration) gateway.AuditReport {
+func RequireCleanAudit(t testing.TB, g *gateway.Gateway, wait time.Duration) audit.Report {
 	t.Helper()
 	rep, err := g.AuditSettled(context.Background(), wait)
 	if err != nil {

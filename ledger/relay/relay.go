@@ -3,9 +3,10 @@
 // consecutive grants of one node's ledger, on subject flashgate.grants.<node>,
 // with Nats-Msg-Id = "<node>:<first seq>:<last seq>".
 //
-// Message (JSON):
-//
-//	{"node":"gw-a","first_seq":1001,"last_seq":1256,"grants":[{grant},…]}
+// The message is this package's own, versioned type (Batch, Grant; the
+// byte format is in message.go): a reader decodes it with Decode and maps it
+// to its own rows. The relay imports the ledger and NATS only, never the
+// store or a SQL driver (internal/lint).
 //
 // Batching is what makes the pipeline cheap: per message JetStream stores,
 // acks, delivers and receives an ack, so one message per grant costs four
@@ -45,18 +46,15 @@ package relay
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flashgate/flashgate/ledger"
-	"github.com/flashgate/flashgate/ledger/store"
 )
 
 const (
@@ -230,41 +228,6 @@ func (r *Relay) Run(ctx context.Context) {
 	}
 }
 
-// Batch is the JSON body of one stream message.
-type Batch struct {
-	Node     string        `json:"node"`
-	FirstSeq uint64        `json:"first_seq"`
-	LastSeq  uint64        `json:"last_seq"`
-	Grants   []store.Grant `json:"grants"`
-}
-
-// Subject is the node's subject in the stream.
-func Subject(node string) string { return SubjectPrefix + node }
-
-// Message encodes consecutive ledger records of one node as one message,
-// identified by its range.
-func Message(node string, recs []ledger.Record) *nats.Msg {
-	b := Batch{Node: node, Grants: make([]store.Grant, len(recs))}
-	if len(recs) > 0 {
-		b.FirstSeq, b.LastSeq = recs[0].Seq, recs[len(recs)-1].Seq
-	}
-	for i := range recs {
-		b.Grants[i] = GrantOf(node, &recs[i])
-	}
-	data, _ := json.Marshal(&b) // strings and integers only: cannot fail
-	m := nats.NewMsg(Subject(node))
-	m.Data = data
-	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s:%d:%d", node, b.FirstSeq, b.LastSeq))
-	return m
-}
-
-// GrantOf is a ledger record as it travels in a message.
-func GrantOf(node string, rec *ledger.Record) store.Grant {
-	return store.Grant{GrantID: rec.GrantID, Campaign: rec.Campaign, User: rec.User, Device: rec.Device, ClientIP: rec.ClientIP,
-		IdempotencyKey: rec.IdempotencyKey, Shard: rec.Shard, GrantedAtNanos: rec.GrantedAtNanos, ValidFrom: rec.ValidFrom,
-		ValidUntil: rec.ValidUntil, FaceValue: rec.FaceValue, Node: node, LedgerSeq: rec.Seq}
-}
-
 // resumeFromStream returns the last_seq of the node's last message in the
 // stream (0 if none).
 func (r *Relay) resumeFromStream(ctx context.Context) (uint64, error) {
@@ -279,8 +242,8 @@ func (r *Relay) resumeFromStream(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	var b Batch
-	if err := json.Unmarshal(m.Data, &b); err != nil {
+	b, err := Decode(m.Data)
+	if err != nil {
 		return 0, fmt.Errorf("relay: last message of %s: %w", r.o.Node, err)
 	}
 	return b.LastSeq, nil

@@ -2,12 +2,17 @@
 // grant store, exactly once in effect (I5): a durable pull consumer fetches a
 // batch (≤ store.BatchMax), the batch is upserted in one transaction keyed by
 // grant id, and only after every grant of a message is committed is the
-// message acked. A crash before
-// the ack redelivers the batch; the primary key makes the repeat a no-op.
+// message acked. A crash before the ack redelivers the batch; the primary
+// key makes the repeat a no-op.
 //
-// A message that does not decode (bad JSON, unknown fields, no grants or too
-// many) is terminated (never redelivered), logged and counted: it cannot
-// become valid by retrying, and it must not block the grants behind it.
+// Messages are the relay's: ledger/relay owns the versioned wire format. The
+// sink decodes them with relay.Decode and maps each grant to a store.Grant
+// row. A message that does not decode (bad JSON, unknown fields, an unknown
+// version, no grants or too many) is terminated (never redelivered), logged
+// and counted: it cannot become valid by retrying, and it must not block the
+// grants behind it. (A message of a newer version than this sink reads is
+// terminated too: upgrade sinks before relays; the reconciler publishes the
+// grants again once they are missing from the store.)
 // Inside a decoded message each grant stands alone: a grant the store can
 // never hold (store.Put: it fails store.Grant.Validate, or the database
 // refuses it for good) is set aside in the store's grants_set_aside table
@@ -20,9 +25,7 @@
 package sink
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -38,11 +41,6 @@ import (
 const (
 	// Durable is the consumer's name.
 	Durable = "flashgate-sink"
-	// messageLenMax bounds one message: 256 grants of ~400 bytes of JSON
-	// each, with room; JetStream's own max payload is 1 MiB.
-	messageLenMax = 1 << 20
-	// grantsPerMessageMax bounds grants in one message.
-	grantsPerMessageMax = 1024
 	// fetchMessagesMax bounds messages per fetch (each up to 256 grants).
 	fetchMessagesMax = 16
 	// ackPendingMax bounds messages delivered and not yet acked.
@@ -88,28 +86,29 @@ func (s *Sink) Poison() int64     { return s.poison.Load() }
 // SetAside counts grants the store can never hold, set aside instead of stored.
 func (s *Sink) SetAside() int64 { return s.setAside.Load() }
 
-// Decode parses one stream message into its grants (untrusted bytes: fuzzed).
-// It refuses a message that is not a batch of 1..grantsPerMessageMax grants;
-// each grant's content is the store's to judge (store.Put), so that one bad
-// grant never takes the message's other grants with it.
-func Decode(data []byte) (relay.Batch, error) {
-	var b relay.Batch
-	if len(data) > messageLenMax {
-		return b, fmt.Errorf("sink: message of %d bytes exceeds %d", len(data), messageLenMax)
+// Decode parses one stream message (relay.Decode: untrusted bytes, fuzzed)
+// and maps its grants to the store's rows. It refuses a message that is not
+// a known version of a batch of 1..relay.DecodeGrantsMax grants; each
+// grant's content is the store's to judge (store.Put), so that one bad grant
+// never takes the message's other grants with it.
+func Decode(data []byte) ([]store.Grant, error) {
+	b, err := relay.Decode(data)
+	if err != nil {
+		return nil, fmt.Errorf("sink: %w", err)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&b); err != nil {
-		return b, fmt.Errorf("sink: decode: %w", err)
+	grants := make([]store.Grant, len(b.Grants))
+	for i := range b.Grants {
+		grants[i] = storeGrant(&b.Grants[i])
 	}
-	if dec.More() {
-		return b, errors.New("sink: trailing data after batch")
-	}
-	if len(b.Grants) == 0 || len(b.Grants) > grantsPerMessageMax {
-		return b, fmt.Errorf("sink: batch of %d grants outside 1..%d", len(b.Grants), grantsPerMessageMax)
-	}
-	return b, nil
+	return grants, nil
 }
+
+// storeGrant maps a grant of the wire message to the store's row. The two
+// types have the same fields today, so this is a conversion the compiler
+// checks: a field added to either stops it compiling, and the mapping must
+// then be written out here (the reconciler in gateway/pipeline.go makes the
+// same conversion).
+func storeGrant(g *relay.Grant) store.Grant { return store.Grant(*g) }
 
 // Run consumes until ctx ends, re-binding the consumer after errors.
 func (s *Sink) Run(ctx context.Context) {
@@ -155,7 +154,7 @@ func (s *Sink) consume(ctx context.Context) error {
 		var msgs []jetstream.Msg
 		var grants []store.Grant
 		for m := range batch.Messages() {
-			b, err := Decode(m.Data())
+			gs, err := Decode(m.Data())
 			if err != nil {
 				s.poison.Add(1)
 				s.o.Logger.Error("sink: undecodable grant message terminated", "subject", m.Subject(), "err", err)
@@ -163,7 +162,7 @@ func (s *Sink) consume(ctx context.Context) error {
 				continue
 			}
 			msgs = append(msgs, m)
-			grants = append(grants, b.Grants...)
+			grants = append(grants, gs...)
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && len(msgs) == 0 {
 			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, jetstream.ErrNoHeartbeat) {
