@@ -80,3 +80,30 @@ func TestJWTModeNeedsExactlyOneKey(t *testing.T) {
 		t.Error("both keys accepted: the algorithm would not be pinned")
 	}
 }
+
+func TestShutdownConfig(t *testing.T) {
+	p := writeFile(t, `
+redis: {addrs: [127.0.0.1:7000]}
+auth: {hs256_secret: 0123456789abcdef0123456789abcdef}
+`)
+	cfg, err := LoadConfig(p, []string{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Shutdown.DrainDelay != 5*time.Second || cfg.Shutdown.Timeout != 30*time.Second || cfg.HTTP.DrainTimeout != 10*time.Second {
+		t.Errorf("shutdown defaults: %+v, http.drain_timeout %v", cfg.Shutdown, cfg.HTTP.DrainTimeout)
+	}
+	cfg, err = LoadConfig(p, []string{"FLASHGATE_SHUTDOWN_DRAIN_DELAY=250ms", "FLASHGATE_SHUTDOWN_TIMEOUT=3s"})
+	if err != nil || cfg.Shutdown.DrainDelay != 250*time.Millisecond || cfg.Shutdown.Timeout != 3*time.Second {
+		t.Errorf("shutdown from env: %+v %v", cfg.Shutdown, err)
+	}
+	for env, key := range map[string]string{
+		"FLASHGATE_SHUTDOWN_DRAIN_DELAY=-1s": "shutdown.drain_delay",
+		"FLASHGATE_SHUTDOWN_TIMEOUT=0s":      "shutdown.timeout",
+		"FLASHGATE_SHUTDOWN_TIMEOUT=5500ms":  "shutdown.timeout", // below drain_delay (5s) + 1s
+	} {
+		if _, err := LoadConfig(p, []string{env}); err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("%s: error does not name %s: %v", env, key, err)
+		}
+	}
+}

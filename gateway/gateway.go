@@ -288,8 +288,11 @@ func (g *Gateway) UseListeners(public, admin net.Listener) { g.publicLn, g.admin
 func (g *Gateway) PublicAddr() string { return g.publicLn.Addr().String() }
 func (g *Gateway) AdminAddr() string  { return g.adminLn.Addr().String() }
 
-// Run serves until ctx ends, then drains: /readyz turns 503, in-flight
-// requests finish within http.drain_timeout, and every goroutine stops.
+// Run serves until ctx ends, then stops (stop): /readyz turns 503 at once,
+// claims are still answered for shutdown.drain_delay, then the listeners
+// close, in-flight requests finish, the last settlement pass and stats
+// flush run, and every goroutine ends — all within shutdown.timeout, less
+// the part left for Close.
 func (g *Gateway) Run(ctx context.Context) error {
 	if err := g.Listen(); err != nil {
 		return err
@@ -330,18 +333,37 @@ func (g *Gateway) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case serveErr = <-errc:
 	}
+	g.stop(serveErr == nil, func() { stopBG(); wg.Wait() })
+	return serveErr
+}
+
+// stop is Run's graceful end. With delay (the context ended, as opposed to a
+// listener failing) the servers keep answering for shutdown.drain_delay
+// while /readyz says 503. Each later step is bounded by what is left of
+// shutdown.timeout; stopLoops ends the background goroutines.
+func (g *Gateway) stop(delay bool, stopLoops func()) {
+	began := time.Now()
 	g.draining.Store(true)
-	dctx, cancel := context.WithTimeout(context.Background(), g.cfg.HTTP.DrainTimeout)
+	// Close (NATS, Pebble) runs after Run returns: leave it the last tenth.
+	sctx, cancel := context.WithDeadline(context.Background(), began.Add(g.cfg.Shutdown.Timeout-g.cfg.Shutdown.Timeout/10))
 	defer cancel()
+	if delay && g.cfg.Shutdown.DrainDelay > 0 {
+		g.log.Info("draining: not ready, still serving", "drain_delay", g.cfg.Shutdown.DrainDelay)
+		select {
+		case <-time.After(g.cfg.Shutdown.DrainDelay):
+		case <-sctx.Done():
+		}
+	}
+	dctx, dcancel := context.WithTimeout(sctx, g.cfg.HTTP.DrainTimeout)
 	_ = g.public.ShutdownWithContext(dctx)
 	_ = g.admin.ShutdownWithContext(dctx)
-	sctx, scancel := context.WithTimeout(context.Background(), settleAtStopTimeout)
-	g.settleAtStop(sctx)
+	dcancel()
+	settleCtx, scancel := context.WithTimeout(sctx, settleAtStopTimeout)
+	g.settleAtStop(settleCtx)
 	scancel()
-	stopBG()
-	wg.Wait()
-	g.flushStatsOnce(dctx)
-	return serveErr
+	stopLoops()
+	g.flushStatsOnce(sctx)
+	g.log.Info("stopped", "after", time.Since(began).Round(time.Millisecond))
 }
 
 // Close releases every resource. Safe to call more than once.

@@ -76,6 +76,7 @@ nats: {url: %q}
 store: {driver: postgres, dsn: %q}
 auth: {hs256_secret: %s}
 admin: {tokens: {%s: admin}}
+shutdown: {drain_delay: 100ms}
 `, name, dataDir, redis.Addr(), ns.URL(), dsn, stack.Secret, stack.AdminToken)), 0o600)
 		return path
 	}

@@ -127,6 +127,7 @@ data_dir: %s
 redis: {addrs: [%s]}
 auth: {hs256_secret: %s}
 admin: {tokens: {%s: admin}}
+shutdown: {drain_delay: 100ms}
 `, dataDir, redis.Addr(), stack.Secret, stack.AdminToken)), 0o600)
 
 	p := startGateway(t, bin, config)

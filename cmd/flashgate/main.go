@@ -117,6 +117,15 @@ func serve(args []string, stdout, stderr io.Writer) int {
 			}
 		}()
 	}
+	// Run bounds every step of its stop by shutdown.timeout; should one hang
+	// anyway, the process still exits then (every grant it acknowledged is
+	// synced in the ledger, and the next start settles the rest).
+	go func() {
+		<-ctx.Done()
+		time.Sleep(cfg.Shutdown.Timeout)
+		log.Error("shutdown.timeout passed before the stop finished; exiting", "timeout", cfg.Shutdown.Timeout)
+		os.Exit(1)
+	}()
 	if err := g.Run(ctx); err != nil {
 		fmt.Fprintf(stderr, "flashgate: %v\n", err)
 		return 1

@@ -78,6 +78,9 @@ func Start(t testing.TB, o Options) *Stack {
 	cfg.Auth.HS256Secret = Secret
 	cfg.Admin.Tokens = map[string]string{AdminToken: "admin"}
 	cfg.Log.Level = "warn"
+	// Tests stop many stacks and no balancer watches them: a token delay
+	// keeps the drain step exercised without costing seconds per stop.
+	cfg.Shutdown.DrainDelay = 10 * time.Millisecond
 	if o.Tweak != nil {
 		o.Tweak(&cfg)
 	}
