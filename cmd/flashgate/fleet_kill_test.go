@@ -23,6 +23,7 @@ import (
 	"github.com/flashgate/flashgate/internal/pgtest"
 	"github.com/flashgate/flashgate/internal/redisserver"
 	"github.com/flashgate/flashgate/internal/stack"
+	"github.com/flashgate/flashgate/internal/wait"
 )
 
 // adminGet GETs an admin path of a running gateway into v.
@@ -174,14 +175,11 @@ shutdown: {drain_delay: 100ms}
 
 	// A replacement on the dead gateway's data dir settles them.
 	a2 := startGateway(t, bin, cfgA)
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+	if !wait.Until(context.Background(), 30*time.Second, func() bool {
 		adminGet(t, b, "/admin/v1/campaigns/fleet", &st)
-		if st.Stats.Unsettled == 0 && st.Stats.Stored == st.Stats.Granted {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("replacement did not settle and drain within 30s: %+v", st.Stats)
-		}
+		return st.Stats.Unsettled == 0 && st.Stats.Stored == st.Stats.Granted
+	}) {
+		t.Fatalf("replacement did not settle and drain within 30s: %+v", st.Stats)
 	}
 	for _, p := range []*proc{a2, b} {
 		_ = p.cmd.Process.Signal(syscall.SIGTERM)
