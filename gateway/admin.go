@@ -152,11 +152,7 @@ func (g *Gateway) adminCreateCampaign(ctx *fasthttp.RequestCtx) {
 		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
 		return
 	}
-	for deadline := time.Now().Add(adminWaitVisible); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if _, ok := g.reg.Get(c.ID); ok {
-			break
-		}
-	}
+	g.waitVisible(c.ID, func(*campaign.Campaign) bool { return true })
 	g.log.Info("campaign created", "id", c.ID, "stock", c.Stock, "shards", c.Shards)
 	adminJSON(ctx, fasthttp.StatusCreated, g.campaignView(rctx, &c, false))
 }

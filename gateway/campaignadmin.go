@@ -18,6 +18,7 @@ import (
 
 	"github.com/flashgate/flashgate/gateway/campaign"
 	"github.com/flashgate/flashgate/gateway/ratelimit"
+	"github.com/flashgate/flashgate/internal/wait"
 )
 
 const (
@@ -177,12 +178,14 @@ func (g *Gateway) patchCampaign(ctx *fasthttp.RequestCtx, rctx context.Context, 
 	adminError(ctx, fasthttp.StatusConflict, "conflict", "campaign kept changing; retry with the same change_id")
 }
 
+// waitVisible waits, at most adminWaitVisible, until this gateway's
+// registry holds campaign id in a state ok accepts (its own write came back
+// through the watch); the answer goes out either way.
 func (g *Gateway) waitVisible(id string, ok func(*campaign.Campaign) bool) {
-	for deadline := time.Now().Add(adminWaitVisible); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if c, found := g.reg.Get(id); found && ok(c) {
-			return
-		}
-	}
+	wait.Until(context.Background(), adminWaitVisible, func() bool {
+		c, found := g.reg.Get(id)
+		return found && ok(c)
+	})
 }
 
 // campaignWithBody loads a campaign of the given audience mode and decodes

@@ -18,6 +18,7 @@ import (
 	"github.com/flashgate/flashgate/gateway/campaign"
 	"github.com/flashgate/flashgate/gateway/stock"
 	"github.com/flashgate/flashgate/internal/stack"
+	"github.com/flashgate/flashgate/internal/wait"
 )
 
 // unitsView is what GET /admin/v1/campaigns/{id} says about a campaign's units.
@@ -408,14 +409,12 @@ func TestCommittedUnitsReachShardsWithoutThePatch(t *testing.T) {
 	if _, err := reg.Update(ctx, &n, rev); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		v := getUnits(t, s, "died")
-		if v.Stats.Units == 65 && v.Stats.Remaining+v.Stats.Granted == 65 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the committed units never reached the shards: %+v", v.Stats)
-		}
+	var v unitsView
+	if !wait.Until(context.Background(), 5*time.Second, func() bool {
+		v = getUnits(t, s, "died")
+		return v.Stats.Units == 65 && v.Stats.Remaining+v.Stats.Granted == 65
+	}) {
+		t.Fatalf("the committed units never reached the shards: %+v", v.Stats)
 	}
 	requireUnitsAgree(t, s, "died", "after convergence")
 	// The client's retry of the PATCH finds it applied and adds nothing.

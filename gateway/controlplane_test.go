@@ -12,6 +12,7 @@ import (
 	"github.com/flashgate/flashgate/gateway"
 	"github.com/flashgate/flashgate/internal/natsserver"
 	"github.com/flashgate/flashgate/internal/stack"
+	"github.com/flashgate/flashgate/internal/wait"
 )
 
 // TestClaimsGoOnWhileNATSAwayThenFailClosed pins I7's control-plane half:
@@ -60,16 +61,9 @@ func TestClaimsGoOnWhileNATSAwayThenFailClosed(t *testing.T) {
 	}
 	// NATS back: claims resume by themselves.
 	ns.Restart()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		a := claim()
-		if a.Status == "granted" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("claims did not resume within 30s of NATS returning: %+v", a)
-		}
-		time.Sleep(100 * time.Millisecond)
+	var last stack.Answer
+	if !wait.Until(context.Background(), 30*time.Second, func() bool { last = claim(); return last.Status == "granted" }) {
+		t.Fatalf("claims did not resume within 30s of NATS returning: %+v", last)
 	}
 	stack.RequireCleanAudit(t, s.Gateway, 30*time.Second)
 }

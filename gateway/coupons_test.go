@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/flashgate/flashgate/internal/stack"
+	"github.com/flashgate/flashgate/internal/wait"
 )
 
 func adminOK(t *testing.T, s *stack.Stack, method, path string, body any, want int) []byte {
@@ -203,14 +204,12 @@ func TestBudgetCapHoldsUnderConcurrency(t *testing.T) {
 		t.Fatalf("audit row %+v", rep.Campaigns[0])
 	}
 	// The sweeper loop raises the low-stock and low-budget alerts.
-	for deadline := time.Now().Add(6 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		_, alerts := s.Admin("GET", "/admin/v1/risk/alerts", nil)
-		if strings.Contains(string(alerts), `"kind":"low_stock"`) && strings.Contains(string(alerts), `"kind":"low_budget"`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("alerts: %s", alerts)
-		}
+	var alerts []byte
+	if !wait.Until(context.Background(), 6*time.Second, func() bool {
+		_, alerts = s.Admin("GET", "/admin/v1/risk/alerts", nil)
+		return strings.Contains(string(alerts), `"kind":"low_stock"`) && strings.Contains(string(alerts), `"kind":"low_budget"`)
+	}) {
+		t.Fatalf("alerts: %s", alerts)
 	}
 }
 
@@ -283,14 +282,16 @@ func TestAddStockMidDrop(t *testing.T) {
 		t.Fatalf("store after delete: %+v", rep.Campaigns[0])
 	}
 	// The store keeps a snapshot of the definition for reporting.
-	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		def, ok, err := s.Gateway.Store().Campaign(context.Background(), "grow")
-		if err == nil && ok && strings.Contains(string(def), `"deleted":true`) && strings.Contains(string(def), `"stock":505`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("campaign snapshot in the store: %s %v %v", def, ok, err)
-		}
+	var (
+		def []byte
+		ok  bool
+		err error
+	)
+	if !wait.Until(context.Background(), 3*time.Second, func() bool {
+		def, ok, err = s.Gateway.Store().Campaign(context.Background(), "grow")
+		return err == nil && ok && strings.Contains(string(def), `"deleted":true`) && strings.Contains(string(def), `"stock":505`)
+	}) {
+		t.Fatalf("campaign snapshot in the store: %s %v %v", def, ok, err)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/flashgate/flashgate/internal/stack"
+	"github.com/flashgate/flashgate/internal/wait"
 	"github.com/flashgate/flashgate/ledger"
 )
 
@@ -143,8 +144,11 @@ func TestDropGrantsExactlyStock(t *testing.T) {
 			t.Errorf("ledger record %s is %s/%s, answered to %s", id, r.Campaign, r.User, user)
 		}
 	}
-	time.Sleep(1100 * time.Millisecond) // one stats flush
-	st = s.CampaignStats("drop")
+	// The counters reach Redis with the next stats flush (every second).
+	wait.Until(context.Background(), 5*time.Second, func() bool {
+		st = s.CampaignStats("drop")
+		return st.Attempts == users*perUser+int64(o.retries)
+	})
 	if st.Attempts != users*perUser+int64(o.retries) {
 		t.Errorf("stats attempts %d, want %d answered", st.Attempts, users*perUser+o.retries)
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/flashgate/flashgate/internal/stack"
+	"github.com/flashgate/flashgate/internal/wait"
 	"github.com/flashgate/flashgate/ledger"
 )
 
@@ -72,18 +73,6 @@ func fillDisk(t *testing.T, dir string) string {
 			}
 			return path
 		}
-	}
-}
-
-// diskWaitFor polls cond until it holds or within passes.
-func diskWaitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, within)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -203,11 +192,11 @@ func TestLedgerDiskFullAnswers503AndRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	freed := time.Now()
-	diskWaitFor(t, ledgerRecoverWithin, "granting again after space returned", func() bool {
+	wait.For(t, ledgerRecoverWithin, "granting again after space returned", func() bool {
 		return claim(context.Background()) == "granted"
 	})
 	t.Logf("granting again %s after the filler was removed", time.Since(freed).Round(time.Millisecond))
-	diskWaitFor(t, 5*time.Second, "/readyz true after recovery", func() bool {
+	wait.For(t, 5*time.Second, "/readyz true after recovery", func() bool {
 		code, _ := getReadyz(t, s)
 		return code == http.StatusOK
 	})

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
@@ -158,7 +159,7 @@ func newMetrics() *metrics {
 	m.webhookFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "flashgate_alert_webhook_failures_total", Help: "Alerts the webhook did not take (queue full or failed deliveries)."})
 	m.reg.MustRegister(m.riskBlocked, m.riskRateLimited, m.riskShadow, m.riskLimitErrors, m.alerts, m.webhookFailures)
 	m.reg.MustRegister(claims, m.claimSeconds, m.redisSeconds, m.ledgerSeconds, m.dependencyErrors, m.transfersSwept,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.handler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	return m
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/flashgate/flashgate/gateway"
 	"github.com/flashgate/flashgate/internal/stack"
+	"github.com/flashgate/flashgate/internal/wait"
 	"github.com/flashgate/flashgate/ledger"
 	"github.com/flashgate/flashgate/ledger/relay"
 )
@@ -179,13 +180,7 @@ func TestGrantPublishedTwiceOneRow(t *testing.T) {
 	if _, err := js.PublishMsg(context.Background(), m); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if metric(t, s.Gateway, "flashgate_sink_duplicates_total") >= 600 {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	wait.Until(context.Background(), 20*time.Second, func() bool { return metric(t, s.Gateway, "flashgate_sink_duplicates_total") >= 600 })
 	if d := metric(t, s.Gateway, "flashgate_sink_duplicates_total"); d != 600 {
 		t.Fatalf("sink saw %v duplicates, want 600 (300 reconcile + 300 under a new id; the same-id batch dropped by JetStream)", d)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/flashgate/flashgate/internal/stack"
+	"github.com/flashgate/flashgate/internal/wait"
 )
 
 // TestRedisStoppedMidLoad (I7): while Redis is down the gateway answers 503
@@ -74,10 +75,7 @@ func TestRedisStoppedMidLoad(t *testing.T) {
 	down.Store(false)
 	s.Redis.Restart()
 	afterRestart.Store(true)
-	deadline := time.Now().Add(10 * time.Second)
-	for grantedAfter.Load() < 50 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	wait.Until(context.Background(), 10*time.Second, func() bool { return grantedAfter.Load() >= 50 })
 	cancel()
 	wg.Wait()
 
@@ -103,11 +101,10 @@ func TestRedisStoppedMidLoad(t *testing.T) {
 	// A script whose reply was lost at the stop granted in Redis although the
 	// client got 503; the gateway settles it into the ledger within seconds,
 	// after which Redis and the ledger agree (I6).
-	deadline = time.Now().Add(15 * time.Second)
-	for int64(len(inLedger)) != st.Granted && time.Now().Before(deadline) {
-		time.Sleep(250 * time.Millisecond)
+	wait.Until(context.Background(), 15*time.Second, func() bool {
 		inLedger = ledgerGrants(t, s.Gateway.Ledger())
-	}
+		return int64(len(inLedger)) == st.Granted
+	})
 	if int64(len(inLedger)) != st.Granted {
 		t.Errorf("I6: ledger %d grants, redis %d", len(inLedger), st.Granted)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/flashgate/flashgate/gateway"
 	"github.com/flashgate/flashgate/gateway/audit"
 	"github.com/flashgate/flashgate/internal/stack"
+	"github.com/flashgate/flashgate/internal/wait"
 	"github.com/flashgate/flashgate/ledger"
 )
 
@@ -78,16 +79,8 @@ func TestOneUnstorableGrantDoesNotBlockThePipeline(t *testing.T) {
 		t.Fatalf("ledger last seq %d, want %d", last, legacy+live)
 	}
 
-	within := func(wait time.Duration, what string, ok func() bool) {
-		t.Helper()
-		for deadline := time.Now().Add(wait); !ok(); time.Sleep(100 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("not within %s: %s", wait, what)
-			}
-		}
-	}
 	var row audit.Row
-	within(30*time.Second, "every storable grant stored, the two others set aside", func() bool {
+	wait.For(t, 30*time.Second, "every storable grant stored, the two others set aside", func() bool {
 		rep, err := g.Audit(context.Background())
 		if err != nil || len(rep.Campaigns) != 1 {
 			t.Fatalf("audit: %+v %v", rep, err)
@@ -99,7 +92,7 @@ func TestOneUnstorableGrantDoesNotBlockThePipeline(t *testing.T) {
 		b, _ := json.MarshalIndent(row, "", "  ")
 		t.Fatalf("audit row does not report the set-aside grants:\n%s", b)
 	}
-	within(30*time.Second, "the reconcile cursor passes every grant", func() bool {
+	wait.For(t, 30*time.Second, "the reconcile cursor passes every grant", func() bool {
 		c, err := g.Ledger().Cursor("reconcile")
 		return err == nil && c == last
 	})

@@ -14,6 +14,7 @@ import (
 	"github.com/flashgate/flashgate/gateway"
 	"github.com/flashgate/flashgate/gateway/stock"
 	"github.com/flashgate/flashgate/internal/stack"
+	"github.com/flashgate/flashgate/internal/wait"
 	"github.com/flashgate/flashgate/ledger"
 )
 
@@ -56,7 +57,7 @@ func TestReplayLookupFailureAnswers503NotARefusal(t *testing.T) {
 		if code, body := s.Admin("PATCH", "/admin/v1/campaigns/two", map[string]any{"paused": true}); code != 200 {
 			t.Fatalf("pause: %d %s", code, body)
 		}
-		waitFor(t, 5*time.Second, "the pause to reach the gateway", func() bool {
+		wait.For(t, 5*time.Second, "the pause to reach the gateway", func() bool {
 			x, _ := s.Claim(ctx, stack.ClaimRequest{Campaign: "two", User: "carol", Device: "d"})
 			return x.Status == "paused"
 		})
@@ -95,7 +96,7 @@ func TestGracefulStopSettlesOwnWindow(t *testing.T) {
 		defer close(done)
 		_, _ = s.Claim(ctx, stack.ClaimRequest{Campaign: "scalein", User: "holder", Device: "d"})
 	}()
-	waitFor(t, 5*time.Second, "the first append to wait in fsync", func() bool { return fs.Waiting() > 0 })
+	wait.For(t, 5*time.Second, "the first append to wait in fsync", func() bool { return fs.Waiting() > 0 })
 	b, err := s.Claim(ctx, stack.ClaimRequest{Campaign: "scalein", User: "bob", Device: "d", IdempotencyKey: "k"})
 	if err != nil || b.HTTP != 503 {
 		t.Fatalf("bob during the stall: %+v %v, want 503", b, err)

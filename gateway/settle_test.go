@@ -8,10 +8,12 @@ import (
 	"time"
 
 	"github.com/flashgate/flashgate/gateway"
+	"github.com/flashgate/flashgate/gateway/audit"
 	"github.com/flashgate/flashgate/internal/faultfs"
 	"github.com/flashgate/flashgate/internal/natsserver"
 	"github.com/flashgate/flashgate/internal/pgtest"
 	"github.com/flashgate/flashgate/internal/stack"
+	"github.com/flashgate/flashgate/internal/wait"
 	"github.com/flashgate/flashgate/ledger"
 )
 
@@ -26,16 +28,6 @@ func stallableStack(t *testing.T, tweak func(*gateway.Config), lopts func(*ledge
 	})}})
 	t.Cleanup(fs.Release) // never leave a goroutine blocked in a sync
 	return s, fs
-}
-
-// waitFor polls cond every 10ms for at most d.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(d); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-	}
 }
 
 // TestReplayNeverAnswersFromAnUnsyncedRecord (issue 9 #6, I4): while the
@@ -57,7 +49,7 @@ func TestReplayNeverAnswersFromAnUnsyncedRecord(t *testing.T) {
 		}
 		first <- a
 	}()
-	waitFor(t, 5*time.Second, "the first append to wait in fsync", func() bool { return fs.Waiting() > 0 })
+	wait.For(t, 5*time.Second, "the first append to wait in fsync", func() bool { return fs.Waiting() > 0 })
 	second, err := s.Claim(context.Background(), req)
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +92,7 @@ func TestGrantWhoseAppendFailedIsSettled(t *testing.T) {
 		defer wg.Done()
 		_, _ = s.Claim(context.Background(), stack.ClaimRequest{Campaign: "busy", User: "holder", Device: "d"})
 	}()
-	waitFor(t, 5*time.Second, "the first append to wait in fsync", func() bool { return fs.Waiting() > 0 })
+	wait.For(t, 5*time.Second, "the first append to wait in fsync", func() bool { return fs.Waiting() > 0 })
 	b, err := s.Claim(context.Background(), stack.ClaimRequest{Campaign: "busy", User: "bob", Device: "d"})
 	if err != nil {
 		t.Fatal(err)
@@ -154,7 +146,7 @@ func TestSoldOutFlagAnswersReplayFirst(t *testing.T) {
 	if code, body := s.Admin("PATCH", "/admin/v1/campaigns/one", map[string]any{"paused": true}); code != 200 {
 		t.Fatalf("pause: %d %s", code, body)
 	}
-	waitFor(t, 5*time.Second, "the pause to reach the gateway", func() bool {
+	wait.For(t, 5*time.Second, "the pause to reach the gateway", func() bool {
 		x, _ := s.Claim(ctx, stack.ClaimRequest{Campaign: "one", User: "carol", Device: "d"})
 		return x.Status == "paused"
 	})
@@ -179,7 +171,7 @@ func TestReplayThroughSecondGatewayWritesNoSecondRecord(t *testing.T) {
 	s2 := stack.Start(t, stack.Options{Redis: s1.Redis, Tweak: shared})
 	s1.CreateCampaign(stack.Campaign{ID: "two", Stock: 10, Shards: 2})
 	ctx := context.Background()
-	waitFor(t, 5*time.Second, "gateway 2 to see the campaign", func() bool {
+	wait.For(t, 5*time.Second, "gateway 2 to see the campaign", func() bool {
 		a, _ := s2.Claim(ctx, stack.ClaimRequest{Campaign: "two", User: "probe", Device: "d"})
 		return a.Status == "granted"
 	})
@@ -189,7 +181,7 @@ func TestReplayThroughSecondGatewayWritesNoSecondRecord(t *testing.T) {
 	if err != nil || a.Status != "granted" {
 		t.Fatalf("gateway 1: %+v %v", a, err)
 	}
-	waitFor(t, 5*time.Second, "gateway 1 to mark the grant settled", func() bool { return s1.CampaignStats("two").Unsettled == 0 })
+	wait.For(t, 5*time.Second, "gateway 1 to mark the grant settled", func() bool { return s1.CampaignStats("two").Unsettled == 0 })
 	tap1.Device = "d2" // the retry may come from elsewhere; the answer is the original grant
 	r, err := s2.Claim(ctx, tap1)
 	if err != nil || r.Status != "granted" || r.GrantID != a.GrantID {
@@ -201,7 +193,7 @@ func TestReplayThroughSecondGatewayWritesNoSecondRecord(t *testing.T) {
 	fs.Hold()
 	first := make(chan stack.Answer, 1)
 	go func() { x, _ := s1.Claim(ctx, tap2); first <- x }()
-	waitFor(t, 5*time.Second, "gateway 1's append to wait in fsync", func() bool { return fs.Waiting() > 0 })
+	wait.For(t, 5*time.Second, "gateway 1's append to wait in fsync", func() bool { return fs.Waiting() > 0 })
 	if r, err := s2.Claim(ctx, tap2); err != nil || r.Status == "granted" || r.HTTP != 503 {
 		t.Fatalf("retry through gateway 2 while unsettled: %+v %v, want 503", r, err)
 	}
@@ -210,7 +202,7 @@ func TestReplayThroughSecondGatewayWritesNoSecondRecord(t *testing.T) {
 	if b.Status != "granted" {
 		t.Fatalf("gateway 1 after the stall: %+v", b)
 	}
-	waitFor(t, 5*time.Second, "gateway 1 to mark bob's grant settled", func() bool { return s1.CampaignStats("two").Unsettled == 0 })
+	wait.For(t, 5*time.Second, "gateway 1 to mark bob's grant settled", func() bool { return s1.CampaignStats("two").Unsettled == 0 })
 	if r, err := s2.Claim(ctx, tap2); err != nil || r.Status != "granted" || r.GrantID != b.GrantID {
 		t.Fatalf("retry through gateway 2 after settlement: %+v %v", r, err)
 	}
@@ -221,10 +213,11 @@ func TestReplayThroughSecondGatewayWritesNoSecondRecord(t *testing.T) {
 			t.Errorf("grant %s written to gateway 2's ledger by a replay", id)
 		}
 	}
-	rep, err := s1.Gateway.AuditLedgers(ctx, []*ledger.Ledger{s2.Gateway.Ledger()})
-	for deadline := time.Now().Add(20 * time.Second); err == nil && rep.Violations > 0 && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+	var rep audit.Report
+	wait.Until(ctx, 20*time.Second, func() bool {
 		rep, err = s1.Gateway.AuditLedgers(ctx, []*ledger.Ledger{s2.Gateway.Ledger()})
-	}
+		return err != nil || rep.Violations == 0
+	})
 	if err != nil || rep.Violations != 0 {
 		t.Fatalf("audit over both ledgers: %v %+v", err, rep)
 	}

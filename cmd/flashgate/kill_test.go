@@ -19,6 +19,7 @@ import (
 
 	"github.com/flashgate/flashgate/internal/redisserver"
 	"github.com/flashgate/flashgate/internal/stack"
+	"github.com/flashgate/flashgate/internal/wait"
 )
 
 // buildBinary compiles flashgate once per test run.
@@ -70,39 +71,40 @@ func startGateway(t *testing.T, bin, config string) *proc {
 	case <-time.After(30 * time.Second):
 		t.Fatal("gateway did not start within 30s")
 	}
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if resp, err := http.Get(p.admin + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p
-			}
+	wait.For(t, 15*time.Second, "the gateway to be ready", func() bool {
+		resp, err := http.Get(p.admin + "/readyz")
+		if err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("gateway not ready within 15s")
-		}
-	}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	return p
 }
 
 // auditClean polls the running gateway's audit until it reports no
-// violation, failing the test after wait with the last report.
-func auditClean(t *testing.T, p *proc, wait time.Duration) map[string]any {
+// violation, failing the test after within with the last report.
+func auditClean(t *testing.T, p *proc, within time.Duration) map[string]any {
 	t.Helper()
-	var last []byte
-	for deadline := time.Now().Add(wait); ; time.Sleep(250 * time.Millisecond) {
+	var (
+		last []byte
+		rep  map[string]any
+	)
+	if !wait.Until(context.Background(), within, func() bool {
 		req, _ := http.NewRequest("GET", p.admin+"/admin/v1/audit", nil)
 		req.Header.Set("Authorization", "Bearer "+stack.AdminToken)
-		if resp, err := http.DefaultClient.Do(req); err == nil {
-			last, _ = io.ReadAll(resp.Body)
-			resp.Body.Close()
-			var rep map[string]any
-			if resp.StatusCode == 200 && json.Unmarshal(last, &rep) == nil && rep["violations"] == float64(0) {
-				return rep
-			}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("audit not clean within %v of the restart:\n%s", wait, last)
-		}
+		last, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		rep = nil
+		return resp.StatusCode == 200 && json.Unmarshal(last, &rep) == nil && rep["violations"] == float64(0)
+	}) {
+		t.Fatalf("audit not clean within %v of the restart:\n%s", within, last)
 	}
+	return rep
 }
 
 // TestKill9UnderLoadLosesNoAcknowledgedGrant (I3, I4, I6; issue 9 #1): the

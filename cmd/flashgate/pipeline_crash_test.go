@@ -16,6 +16,7 @@ import (
 	"github.com/flashgate/flashgate/internal/natsserver"
 	"github.com/flashgate/flashgate/internal/pgtest"
 	"github.com/flashgate/flashgate/internal/stack"
+	"github.com/flashgate/flashgate/internal/wait"
 )
 
 // loader claims with distinct users from parallel clients until stopped.
@@ -88,14 +89,10 @@ func TestSinkKilledMidStream(t *testing.T) {
 	sink1, done1 := startSink()
 	load := startLoad(s, "sinkkill", 64)
 	// Kill the sink once it has stored some grants but not all.
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	wait.Until(context.Background(), 30*time.Second, func() bool {
 		c, _ := s.Gateway.Store().Counts(context.Background())
-		if c["sinkkill"].Grants > 1000 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return c["sinkkill"].Grants > 1000
+	})
 	_ = sink1.Process.Signal(syscall.SIGKILL)
 	<-done1
 	time.Sleep(500 * time.Millisecond)

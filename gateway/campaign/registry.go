@@ -16,7 +16,6 @@ import (
 // Bucket is the NATS KV bucket holding campaign definitions, one key per id.
 const Bucket = "flashgate-campaigns"
 
-
 // connectionCheckInterval is how often a live watch checks that the NATS
 // connection is up: a lost connection is seen within this, and counts
 // towards nats.control_plane_stale_max from then.

@@ -22,6 +22,7 @@ import (
 	"github.com/flashgate/flashgate/gateway"
 	"github.com/flashgate/flashgate/gateway/audit"
 	"github.com/flashgate/flashgate/internal/redisserver"
+	"github.com/flashgate/flashgate/internal/wait"
 	"github.com/flashgate/flashgate/ledger/sink"
 	"github.com/flashgate/flashgate/ledger/store"
 )
@@ -113,18 +114,15 @@ func Start(t testing.TB, o Options) *Stack {
 }
 
 func (s *Stack) waitReady() {
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
+	s.t.Helper()
+	wait.For(s.t, 15*time.Second, "stack: the gateway to be ready", func() bool {
 		resp, err := s.HTTP.Get(s.AdminURL + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
+		if err != nil {
+			return false
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	s.t.Fatalf("stack: gateway not ready within 15s")
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
 }
 
 // Stop drains and closes the gateway (idempotent).

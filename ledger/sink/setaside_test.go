@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/flashgate/flashgate/internal/wait"
 	"github.com/flashgate/flashgate/ledger/relay"
 	"github.com/flashgate/flashgate/ledger/store"
 )
@@ -65,10 +66,8 @@ func TestOneBadGrantDoesNotTakeItsMessageDown(t *testing.T) {
 	go func() { sk.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 
-	for deadline := time.Now().Add(10 * time.Second); sk.Stored()+sk.SetAside() < 3; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) || sk.Poison() > 0 {
-			t.Fatalf("stored %d, set aside %d, terminated %d messages", sk.Stored(), sk.SetAside(), sk.Poison())
-		}
+	if !wait.Until(ctx, 10*time.Second, func() bool { return sk.Stored()+sk.SetAside() >= 3 || sk.Poison() > 0 }) || sk.Poison() > 0 {
+		t.Fatalf("stored %d, set aside %d, terminated %d messages", sk.Stored(), sk.SetAside(), sk.Poison())
 	}
 	if sk.Stored() != 2 || sk.SetAside() != 1 || sk.Poison() != 0 {
 		t.Fatalf("stored %d (want 2), set aside %d (want 1), terminated %d (want 0)", sk.Stored(), sk.SetAside(), sk.Poison())
@@ -80,17 +79,18 @@ func TestOneBadGrantDoesNotTakeItsMessageDown(t *testing.T) {
 		t.Fatalf("bad grant not set aside: %v %v", aside, err)
 	}
 	// The message is acked: nothing pending, nothing waiting for an ack.
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	var (
+		info *jetstream.ConsumerInfo
+		ierr error
+	)
+	if !wait.Until(ctx, 5*time.Second, func() bool {
 		c, err := js.Consumer(ctx, relay.Stream, Durable)
 		if err != nil {
 			t.Fatal(err)
 		}
-		info, err := c.Info(ctx)
-		if err == nil && info.NumAckPending == 0 && info.NumPending == 0 && info.Delivered.Consumer == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("consumer %+v %v: message not acked once", info, err)
-		}
+		info, ierr = c.Info(ctx)
+		return ierr == nil && info.NumAckPending == 0 && info.NumPending == 0 && info.Delivered.Consumer == 1
+	}) {
+		t.Fatalf("consumer %+v %v: message not acked once", info, ierr)
 	}
 }
