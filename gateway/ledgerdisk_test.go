@@ -36,10 +36,10 @@ const (
 // mount (not root, no mount(8)).
 func mountLedgerTmpfs(t *testing.T, dataDir string) string {
 	t.Helper()
-	// CI sets FLASHGATE_TEST_REQUIRE_MOUNT: there a skip would hide the
+	// CI sets TEST_REQUIRE_TMPFS_MOUNT: there a skip would hide the
 	// test, so it fails instead.
 	skip := t.Skipf
-	if os.Getenv("FLASHGATE_TEST_REQUIRE_MOUNT") != "" {
+	if os.Getenv("TEST_REQUIRE_TMPFS_MOUNT") != "" {
 		skip = t.Fatalf
 	}
 	if os.Geteuid() != 0 {
