@@ -1,5 +1,6 @@
 // Package antifraud holds flashgate's risk rules as pure code: per-IP /
-// per-/24 / per-device / per-user claim limits with one or more windows,
+// per-/24 (/64 for IPv6) / per-device / per-user claim limits and distinct
+// devices per user, each with one or more windows,
 // blacklists of IPs, CIDRs, devices and users, alert thresholds with
 // cool-downs, and shadow mode. It does no I/O (internal/lint enforces it)
 // and never reads the clock: every decision takes `now` from the caller.

@@ -16,11 +16,13 @@
 //
 //	'g' grantID            -> encoded Record        (one per grant, never rewritten)
 //	'o' seq (8 bytes, BE)  -> grantID               (append order: the outbox)
-//	'c' name               -> seq (8 bytes, BE)     (a reader's cursor, e.g. the relay's)
-//	'm' "id"               -> 16 hex characters     (the ledger's identity, identity.go)
+//	'c' name               -> seq (8 bytes, BE)     (a reader's cursor: "relay", "reconcile"; not synced on its own)
+//	'm' "id"               -> 16 hex characters     (the ledger's identity, identity.go; synced)
+//	'm' "seq"              -> seq (8 bytes, BE)     (the sequence floor written by Recover, identity.go; synced)
 //
 // Sequence numbers are assigned at append time from a counter recovered on
-// Open from the last 'o' key. Commits of concurrent appends may become
+// Open from the larger of the last 'o' key and the sequence floor, so a
+// number handed to an append that failed with the disk is never reused. Commits of concurrent appends may become
 // visible out of sequence order; readers that need a gap-free prefix use
 // DurableSeq.
 //
@@ -105,8 +107,8 @@ const (
 	tagCursor = 'c'
 
 	// appendsInflightMaxDefault bounds appends waiting for a sync. A few
-	// hundred waiters already fill one group commit on this class of machine
-	// (see DESIGN §8: 64–256 goroutines group to 85–190k records/s); more only
+	// hundred waiters already fill one group commit on a 2-core machine
+	// (measured: 64–256 goroutines group to 85–190k records/s); more only
 	// queue memory.
 	appendsInflightMaxDefault = 4096
 	// memTableSizeDefault keeps a burst of a few hundred thousand grants in

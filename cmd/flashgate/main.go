@@ -9,8 +9,8 @@
 // main only turns flags, file and environment into a Config, validates it,
 // wires the parts each command needs and runs them until a signal: serve is
 // gateway.New (with the embedded sink wired here, sink.go) and Run; sink is
-// the stream consumer alone, from a config with nats, store and log only
-// (sink.go); the offline audit opens Redis, the campaign registry, the store
+// the stream consumer alone, from a config with nats, store, data_dir (for
+// the default SQLite file) and log only (sink.go); the offline audit opens Redis, the campaign registry, the store
 // and the ledgers read-only and runs package audit (audit.go). Only cmd
 // wires the sink (internal/lint).
 package main

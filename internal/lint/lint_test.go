@@ -26,7 +26,8 @@ func imports(t *testing.T, pkg string) []string {
 	return strings.Fields(string(out))
 }
 
-// TestLayers keeps the layers of STYLE.md apart.
+// TestLayers keeps the layers apart: the ledger core does no network I/O,
+// antifraud no I/O, the outcome table is plain data, only cmd imports bench.
 func TestLayers(t *testing.T) {
 	const mod = "github.com/flashgate/flashgate/"
 	rules := []struct {

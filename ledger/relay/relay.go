@@ -20,10 +20,12 @@
 //     grants at a time, cuts them into messages and publishes them
 //     asynchronously.
 //  3. Only when every message of the batch is acked by JetStream does the
-//     cursor move past it. A failed or timed-out batch is published again,
-//     with the same ranges and so the same message ids, after a bounded
-//     backoff: JetStream drops the repeats within its duplicate window, and
-//     the sink's primary key drops any repeat older than that (I5).
+//     cursor move past it. A failed or timed-out batch is published again
+//     from the cursor after a bounded backoff. The batch is read afresh, so
+//     its full messages have the same ranges and message ids and JetStream
+//     drops them within its duplicate window; its last, partial message may
+//     have grown (more grants became durable meanwhile) and then carries a
+//     new id. The sink's primary key drops every repeat JetStream keeps (I5).
 //  4. On start the cursor is the larger of the ledger's stored cursor and
 //     the last_seq of the node's last message in the stream, so a cursor
 //     write lost in a crash does not re-publish what JetStream already has.
@@ -60,7 +62,7 @@ import (
 const (
 	// Stream is the JetStream stream of grants.
 	Stream = "GRANTS"
-	// SubjectPrefix + campaign id is a grant's subject.
+	// SubjectPrefix + node (the ledger's identity) is a message's subject.
 	SubjectPrefix = "flashgate.grants."
 	// CursorName is the relay's cursor in the ledger.
 	CursorName = "relay"
@@ -157,7 +159,8 @@ func (r *Relay) Backlog() uint64 {
 	return last - c
 }
 
-// Published counts messages acknowledged (repeats included).
+// Published counts grants whose messages JetStream acknowledged (repeats
+// included).
 func (r *Relay) Published() int64 { return r.published.Load() }
 
 // Failures counts batches that had to be retried.

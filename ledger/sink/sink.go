@@ -1,9 +1,9 @@
 // Package sink moves grants from the JetStream stream GRANTS into the SQL
-// grant store, exactly once in effect (I5): a durable pull consumer fetches a
-// batch (≤ store.BatchMax), the batch is upserted in one transaction keyed by
-// grant id, and only after every grant of a message is committed is the
-// message acked. A crash before the ack redelivers the batch; the primary
-// key makes the repeat a no-op.
+// grant store, exactly once in effect (I5): a durable pull consumer fetches
+// up to fetchMessagesMax messages, their grants are upserted keyed by grant
+// id in transactions of at most store.BatchMax, and only after every grant
+// of the fetched messages is committed are the messages acked. A crash
+// before the ack redelivers them; the primary key makes the repeat a no-op.
 //
 // Messages are the relay's: ledger/relay owns the versioned wire format. The
 // sink decodes them with relay.Decode and maps each grant to a store.Grant

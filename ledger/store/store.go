@@ -5,8 +5,9 @@
 // pure Go, the embedded default) and PostgreSQL (jackc/pgx). The grant id is
 // the primary key and every write is INSERT … ON CONFLICT DO NOTHING, so a
 // grant delivered twice (relay restart, redelivery after a sink crash) is
-// stored once (invariant I5). A batch is one transaction; the sink acks its
-// messages only after the commit.
+// stored once (invariant I5). A batch is one transaction (Put falls back to
+// one transaction per row to find a row the database refuses for good); the
+// sink acks its messages only after the commit.
 //
 //	grants(grant_id PK, campaign, user_id, device, client_ip, idempotency_key,
 //	       shard, granted_at (unix ns), valid_from, valid_until (unix s),
