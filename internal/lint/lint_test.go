@@ -2,7 +2,11 @@
 package lint
 
 import (
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -120,5 +124,62 @@ func TestPipelineBoundaries(t *testing.T) {
 				t.Errorf("%s imports ledger/sink: only cmd wires the sink (gateway.WithSink)", pkg)
 			}
 		}
+	}
+}
+
+// TestCheckoutIsPure: the checkout math (quotes, stacking, allocation,
+// refund shares) is pure. It imports no network, file, SQL, Redis or NATS
+// package, nor any through another package (only "os" is allowed among its
+// dependencies, because fmt links it), and it never reads the clock: now is
+// a parameter, so every rule is testable at any instant.
+func TestCheckoutIsPure(t *testing.T) {
+	const pkg = "github.com/flashgate/flashgate/gateway/checkout"
+	forbidden := append([]string{"net", "net/", "os", "os/", "github.com/valyala/fasthttp", "github.com/redis/rueidis", "github.com/nats-io/"}, sqlDrivers...)
+	match := func(p, f string) bool {
+		return p == f || (strings.HasSuffix(f, "/") && strings.HasPrefix(p, f))
+	}
+	for _, imp := range imports(t, pkg) {
+		for _, f := range forbidden {
+			if match(imp, f) {
+				t.Errorf("%s imports %s: checkout is pure (no I/O)", pkg, imp)
+			}
+		}
+	}
+	for _, d := range deps(t, pkg) {
+		for _, f := range forbidden {
+			if match(d, f) && d != "os" {
+				t.Errorf("%s depends on %s: checkout is pure (no I/O)", pkg, d)
+			}
+		}
+	}
+	files, err := filepath.Glob("../../gateway/checkout/*.go")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("checkout sources: %v %v", files, err)
+	}
+	for _, name := range files {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(token.NewFileSet(), name, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		timePkg := ""
+		for _, is := range f.Imports {
+			if is.Path.Value == `"time"` {
+				timePkg = "time"
+				if is.Name != nil {
+					timePkg = is.Name.Name
+				}
+			}
+		}
+		ast.Inspect(f, func(n ast.Node) bool {
+			if sel, ok := n.(*ast.SelectorExpr); ok {
+				if id, ok := sel.X.(*ast.Ident); ok && id.Name == timePkg && (sel.Sel.Name == "Now" || sel.Sel.Name == "Since" || sel.Sel.Name == "Until") {
+					t.Errorf("%s uses time.%s: checkout takes now from its caller", name, sel.Sel.Name)
+				}
+			}
+			return true
+		})
 	}
 }
