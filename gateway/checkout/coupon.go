@@ -228,16 +228,17 @@ type Reason string
 
 // The reasons of the issue, then three for the choice itself.
 const (
-	ReasonBelowThreshold Reason = "below_threshold" // the applicable subtotal (what earlier coupons left of it) does not reach the condition, or the coupon would take nothing off
-	ReasonOutOfScope     Reason = "out_of_scope"    // no line (or SKU, or fee) of the order it applies to; or a whole_order coupon with a line outside its scope
-	ReasonNotYetValid    Reason = "not_yet_valid"   // now is before valid_from
-	ReasonExpired        Reason = "expired"         // now is at or after valid_until
-	ReasonNotStackable   Reason = "not_stackable"   // stackable: false, and the order declares offers
-	ReasonExclusive      Reason = "exclusive"       // it is exclusive and other coupons are used, or an exclusive coupon is used
-	ReasonOnePerStore    Reason = "one_per_store"   // another coupon of the same store is used
-	ReasonLocked         Reason = "locked"          // locked to another order
-	ReasonUsed           Reason = "used"            // already used
-	ReasonNotChosen      Reason = "not_chosen"      // the caller chose grant ids and not this one
-	ReasonNotBest        Reason = "not_best"        // usable, but the best combination is better without it
-	ReasonNotConsidered  Reason = "not_considered"  // usable alone, but beyond the BestCandidatesMax best coupons searched
+	ReasonBelowThreshold Reason = "below_threshold"  // the applicable subtotal (what earlier coupons left of it) does not reach the condition, or the coupon would take nothing off
+	ReasonOutOfScope     Reason = "out_of_scope"     // no line (or SKU, or fee) of the order it applies to; or a whole_order coupon with a line outside its scope
+	ReasonNotYetValid    Reason = "not_yet_valid"    // now is before valid_from
+	ReasonExpired        Reason = "expired"          // now is at or after valid_until
+	ReasonNotStackable   Reason = "not_stackable"    // stackable: false, and the order declares offers
+	ReasonExclusive      Reason = "exclusive"        // it is exclusive and other coupons are used, or an exclusive coupon is used
+	ReasonOnePerStore    Reason = "one_per_store"    // another coupon of the same store is used
+	ReasonOnePerPlatform Reason = "one_per_platform" // another platform coupon of the same slot is used (one discount and one free-shipping platform coupon per order)
+	ReasonLocked         Reason = "locked"           // locked to another order
+	ReasonUsed           Reason = "used"             // already used
+	ReasonNotChosen      Reason = "not_chosen"       // the caller chose grant ids and not this one
+	ReasonNotBest        Reason = "not_best"         // usable, but the best combination is better without it
+	ReasonNotConsidered  Reason = "not_considered"   // usable alone, but beyond the BestCandidatesMax best coupons searched
 )

@@ -54,8 +54,10 @@
 // # Stacking
 //
 //   - At most one store coupon per store (one_per_store).
-//   - Platform coupons combine with store coupons, and with each other (the
-//     issue sets no limit on them; each applies to what the others left).
+//   - Platform coupons combine with store coupons. At most one platform
+//     discount coupon and one platform free-shipping coupon per order
+//     (one_per_platform), as marketplaces allow one platform voucher beside
+//     a shipping voucher.
 //   - An exclusive coupon combines with no other coupon (exclusive).
 //   - A coupon with stackable: false is refused on an order that declares
 //     any offer (not_stackable).

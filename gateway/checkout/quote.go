@@ -170,6 +170,9 @@ func conflict(kept []*prepared, p *prepared) Reason {
 		if p.store() && q.c.StoreID == p.c.StoreID {
 			return ReasonOnePerStore
 		}
+		if !p.store() && !q.store() && (p.c.Kind == KindFreeShipping) == (q.c.Kind == KindFreeShipping) {
+			return ReasonOnePerPlatform
+		}
 	}
 	return ""
 }

@@ -399,11 +399,14 @@ func TestBestTieBreaks(t *testing.T) {
 // TestNotConsidered: beyond BestCandidatesMax usable coupons, the lowest
 // ranked are reported not_considered; the search stays exact over the rest.
 func TestNotConsidered(t *testing.T) {
-	o := order(item("s1", "a-1", 100000, 1))
+	var items []Item
 	var cs []Coupon
 	for i := range BestCandidatesMax + 3 {
-		cs = append(cs, voucher(fmt.Sprintf("v%02d", i), "", int64(100+i)))
+		st := fmt.Sprintf("s%02d", i)
+		items = append(items, item(st, "a-"+st, 100000, 1))
+		cs = append(cs, voucher(fmt.Sprintf("v%02d", i), st, int64(100+i)))
 	}
+	o := order(items...)
 	q := mustQuote(t, o, cs)
 	var nc []string
 	for _, n := range q.NotUsed {
@@ -413,6 +416,24 @@ func TestNotConsidered(t *testing.T) {
 	}
 	if !slices.Equal(nc, []string{"v00", "v01", "v02"}) || len(q.Coupons) != BestCandidatesMax {
 		t.Errorf("%s", summary(q))
+	}
+}
+
+// TestOnePlatformCouponPerSlot: two platform discount coupons never stack;
+// a platform free-shipping coupon stacks with one of them.
+func TestOnePlatformCouponPerSlot(t *testing.T) {
+	o := order(item("s1", "a-1", 10000, 1))
+	o.Shipping = map[string]int64{"s1": 500}
+	cs := []Coupon{voucher("p1", "", 300), voucher("p2", "", 200), {GrantID: "fs", Kind: KindFreeShipping}}
+	q := mustQuote(t, o, cs)
+	if got := summary(q); got != "fs=500 p1=300 | p2:one_per_platform" && got != "p1=300 fs=500 | p2:one_per_platform" {
+		t.Errorf("best: %s", got)
+	}
+	q = mustQuote(t, o, cs, "p2", "p1")
+	for _, n := range q.NotUsed {
+		if n.GrantID == "p1" && n.Reason != ReasonOnePerPlatform {
+			t.Errorf("p1 chosen after p2: %s, want one_per_platform", n.Reason)
+		}
 	}
 }
 
