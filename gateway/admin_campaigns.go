@@ -1,94 +1,127 @@
 package gateway
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/base32"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"regexp"
-	"strings"
+	"sort"
 	"time"
 
-	"github.com/ulule/limiter/v3"
 	"github.com/valyala/fasthttp"
 
 	"github.com/flashgate/flashgate/gateway/campaign"
-	"github.com/flashgate/flashgate/gateway/ratelimit"
+	"github.com/flashgate/flashgate/gateway/status"
+	"github.com/flashgate/flashgate/gateway/stock"
 	"github.com/flashgate/flashgate/internal/wait"
 )
 
+// The campaigns resource: /admin/v1/campaigns and /admin/v1/campaigns/{id}
+// (create, list, get with stats, patch, soft delete). Its sub-resources
+// have files of their own: admin_audience.go, admin_codes.go,
+// admin_grants.go.
+
 const (
-	// codesPerRequestMax bounds one generation request.
-	codesPerRequestMax = 1_000_000
-	// codeRandomBytes: 10 random bytes = 80 bits per code (≥ 60 asked).
-	codeRandomBytes = 10
-	// audiencePerRequestMax bounds users added by one request.
-	audiencePerRequestMax = 100_000
-	// codeGuessesMax wrong codes per user per codeGuessWindow, then 429.
-	codeGuessesMax  = 10
-	codeGuessWindow = 10 * time.Minute
+	// adminWaitVisible bounds how long create waits for the gateway's own
+	// registry to see the new campaign, so "201" means "claimable here".
+	adminWaitVisible = 2 * time.Second
 	// patchAttemptsMax bounds optimistic-concurrency retries of a PATCH.
 	patchAttemptsMax = 5
 )
 
-var codePrefixPattern = regexp.MustCompile(`^[A-Z0-9]{0,16}$`)
-
-// codeAlphabet is Crockford's base32 (no I, L, O, U): easy to read aloud.
-var codeAlphabet = base32.NewEncoding("0123456789ABCDEFGHJKMNPQRSTVWXYZ").WithPadding(base32.NoPadding)
-
-// newCode returns prefix-XXXXXXXXXXXXXXXX with 80 random bits.
-func newCode(prefix string) string {
-	var b [codeRandomBytes]byte
-	_, _ = rand.Read(b[:])
-	c := codeAlphabet.EncodeToString(b[:])
-	if prefix == "" {
-		return c
+// adminCreateCampaign serves POST /admin/v1/campaigns.
+func (g *Gateway) adminCreateCampaign(ctx *fasthttp.RequestCtx) {
+	var c campaign.Campaign
+	dec := json.NewDecoder(bytes.NewReader(ctx.Request.Body()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "body: "+err.Error())
+		return
 	}
-	return prefix + "-" + c
-}
-
-func (g *Gateway) codeLimiter() *limiter.Limiter {
-	rc := g.redisC.Load()
-	if rc == nil {
-		return nil
+	c.EnsureDefaults()
+	c.Paused, c.Deleted = false, false
+	c.CreatedAt = g.now().UTC()
+	if err := c.Validate(); err != nil {
+		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", err.Error(), campaign.Fields(err)...)
+		return
 	}
-	return limiter.New(ratelimit.New(*rc, "fg:codeguess"), limiter.Rate{Period: codeGuessWindow, Limit: codeGuessesMax})
-}
-
-// codeGuessesOver reports whether a user has used up their wrong-code
-// attempts (Redis errors do not block: the code itself is still checked).
-func (g *Gateway) codeGuessesOver(ctx context.Context, user string, now time.Time) bool {
-	l := g.codeLimiter()
-	if l == nil {
-		return false
+	rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := g.reg.Lookup(rctx, c.ID); err == nil {
+		adminError(ctx, fasthttp.StatusConflict, "exists", "campaign "+c.ID+" already exists")
+		return
+	} else if !errors.Is(err, campaign.ErrNotFound) {
+		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
+		return
 	}
-	c, err := l.Peek(ctx, user)
-	return err == nil && c.Remaining <= 0 // codeGuessesMax wrong codes used: the next try is refused
-}
-
-func (g *Gateway) countCodeGuess(ctx context.Context, user string) {
-	if l := g.codeLimiter(); l != nil {
-		_, _ = l.Get(ctx, user)
+	// Stock first, then the definition: a campaign visible to gateways always
+	// has its shards initialised. Init refuses any other state under the id
+	// (an earlier campaign's shards, grant sets, audience or codes), so two
+	// campaigns never share state; a retry of a create that failed after
+	// Init finds its own untouched shards and goes on.
+	st := g.stock()
+	if st == nil {
+		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", "redis unavailable")
+		return
 	}
-}
-
-// campaignItem adapts a handler of /admin/v1/campaigns/{id}[/…]: an
-// ill-formed id is an unknown campaign, and the handler gets a deadline.
-func campaignItem(h func(g *Gateway, ctx *fasthttp.RequestCtx, rctx context.Context, id string)) handler {
-	return func(g *Gateway, ctx *fasthttp.RequestCtx, rq *request) {
-		id := rq.param(0)
-		if !campaign.ValidID(id) {
-			adminError(ctx, fasthttp.StatusNotFound, "unknown_campaign", "no such campaign")
+	if err := st.Init(rctx, c.ID, c.Units(), c.Shards); err != nil {
+		if errors.Is(err, stock.ErrLeftover) {
+			adminError(ctx, fasthttp.StatusConflict, "leftover_state", err.Error()+
+				"; a campaign id is never reused over another campaign's state: create this one under a new id, or, once every grant of the earlier one is settled and no longer needed in Redis, delete its keys (fg:{"+c.ID+".<shard>}:*) and create again")
 			return
 		}
-		rctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		h(g, ctx, rctx, id)
+		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
+		return
 	}
+	if err := g.reg.Create(rctx, &c); err != nil {
+		if errors.Is(err, campaign.ErrExists) {
+			adminError(ctx, fasthttp.StatusConflict, "exists", "campaign "+c.ID+" already exists")
+			return
+		}
+		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
+		return
+	}
+	g.waitVisible(c.ID, func(*campaign.Campaign) bool { return true })
+	g.log.Info("campaign created", "id", c.ID, "stock", c.Stock, "shards", c.Shards)
+	adminJSON(ctx, fasthttp.StatusCreated, g.campaignView(rctx, &c, false))
+}
+
+// adminListCampaigns serves GET /admin/v1/campaigns[?state=…].
+func (g *Gateway) adminListCampaigns(ctx *fasthttp.RequestCtx) {
+	state := string(ctx.QueryArgs().Peek("state"))
+	rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	list := g.reg.List()
+	sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
+	out := make([]campaignView, 0, len(list))
+	now := g.now()
+	for _, c := range list {
+		if state != "" && string(c.StateAt(now)) != state {
+			continue
+		}
+		out = append(out, g.campaignView(rctx, c, true))
+	}
+	adminJSON(ctx, fasthttp.StatusOK, map[string]any{"campaigns": out})
+}
+
+// adminGetCampaign serves GET /admin/v1/campaigns/{id}.
+func (g *Gateway) adminGetCampaign(ctx *fasthttp.RequestCtx, id string) {
+	if !campaign.ValidID(id) {
+		adminError(ctx, fasthttp.StatusNotFound, "unknown_campaign", "no such campaign")
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := g.reg.Lookup(rctx, id)
+	if errors.Is(err, campaign.ErrNotFound) {
+		adminError(ctx, fasthttp.StatusNotFound, "unknown_campaign", "no such campaign")
+		return
+	}
+	if err != nil {
+		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
+		return
+	}
+	adminJSON(ctx, fasthttp.StatusOK, g.campaignView(rctx, c, true))
 }
 
 // adminPatchCampaign serves PATCH /admin/v1/campaigns/{id}.
@@ -188,129 +221,78 @@ func (g *Gateway) waitVisible(id string, ok func(*campaign.Campaign) bool) {
 	})
 }
 
-// campaignWithBody loads a campaign of the given audience mode and decodes
-// the request body into v (unknown fields refused); false when it answered.
-func (g *Gateway) campaignWithBody(ctx *fasthttp.RequestCtx, rctx context.Context, id, mode string, v any) (*campaign.Campaign, bool) {
-	c, err := g.reg.Lookup(rctx, id)
-	if err != nil {
-		adminError(ctx, fasthttp.StatusNotFound, "unknown_campaign", "no such campaign")
-		return nil, false
-	}
-	if c.Audience.Mode != mode {
-		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "audience.mode of this campaign is "+c.Audience.Mode+", not "+mode, "audience.mode")
-		return nil, false
-	}
-	dec := json.NewDecoder(bytes.NewReader(ctx.Request.Body()))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "body: "+err.Error())
-		return nil, false
-	}
-	return c, true
+// campaignView is a campaign as the admin API shows it: the definition, its
+// state and, with stats, its counts (campaignStats).
+type campaignView struct {
+	*campaign.Campaign
+	State string         `json:"state"`
+	Stats *campaignStats `json:"stats,omitempty"`
 }
 
-func (g *Gateway) addAudience(ctx *fasthttp.RequestCtx, rctx context.Context, id string) {
-	var body struct {
-		Users []string `json:"users"`
+type campaignStats struct {
+	Stock            int64 `json:"stock"`
+	Remaining        int64 `json:"remaining"`
+	Granted          int64 `json:"granted"`
+	PendingTransfers int64 `json:"pending_transfers"`
+	// Unsettled grants (counted in granted) are not yet marked as in their
+	// node's synced ledger: in flight, or held while that node is down.
+	Unsettled       int64            `json:"unsettled"`
+	Stored          int64            `json:"stored"` // grants in the SQL store (lags by the pipeline delay)
+	Units           int64            `json:"units"`  // coupons the shards started with: stock capped by budget
+	BudgetUsed      int64            `json:"budget_used,omitempty"`
+	BudgetRemaining int64            `json:"budget_remaining,omitempty"`
+	ClaimRatePerS   float64          `json:"claim_rate_per_s"` // attempts per second over the last full minute
+	Trend           []TrendPoint     `json:"trend"`
+	AudienceSize    int64            `json:"audience_size,omitempty"`
+	Shards          []int64          `json:"shards"`
+	Attempts        int64            `json:"attempts"`
+	Rejected        map[string]int64 `json:"rejected"`
+	Error           string           `json:"error,omitempty"`
+}
+
+// campaignView builds a campaign's view; withStats reads Redis, the store
+// and the stats counters (a read that fails is named in stats.error).
+func (g *Gateway) campaignView(ctx context.Context, c *campaign.Campaign, withStats bool) campaignView {
+	v := campaignView{Campaign: c, State: string(c.StateAt(g.now()))}
+	if !withStats {
+		return v
 	}
-	c, ok := g.campaignWithBody(ctx, rctx, id, "targeted", &body)
-	if !ok {
-		return
+	s := &campaignStats{Stock: c.Stock, Units: c.Units(), Rejected: map[string]int64{}}
+	v.Stats = s
+	st := g.stock()
+	if st == nil {
+		s.Error = "redis unavailable"
+		return v
 	}
-	if len(body.Users) == 0 || len(body.Users) > audiencePerRequestMax {
-		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", fmt.Sprintf("users: 1..%d per request (send millions in several)", audiencePerRequestMax), "users")
-		return
+	counts, err := st.Count(ctx, c.ID, c.Shards)
+	if err != nil {
+		s.Error = err.Error()
 	}
-	for i, u := range body.Users {
-		if !validUserID(u) {
-			adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", fmt.Sprintf("users[%d] is not a valid user id", i), "users")
-			return
+	s.Remaining, s.Granted, s.PendingTransfers, s.Shards, s.Unsettled = counts.Remaining, counts.Granted, counts.Pending, counts.Shards, counts.Unsettled
+	if n, err := g.store.Count(ctx, c.ID); err == nil {
+		s.Stored = n
+	} else if s.Error == "" {
+		s.Error = err.Error()
+	}
+	if face := c.Coupon.FaceValue(); c.Budget > 0 {
+		s.BudgetUsed = s.Granted * face
+		s.BudgetRemaining = c.Budget - s.BudgetUsed
+	}
+	if s.Trend, err = g.readTrend(ctx, c.ID); err == nil && len(s.Trend) >= 2 {
+		s.ClaimRatePerS = float64(s.Trend[len(s.Trend)-2].Attempts) / 60
+	}
+	if c.Audience.Mode == "targeted" {
+		s.AudienceSize, _ = st.AudienceSize(ctx, c.ID, c.Shards)
+	}
+	byStatus, err := g.readStats(ctx, c.ID)
+	if err != nil && s.Error == "" {
+		s.Error = err.Error()
+	}
+	for name, n := range byStatus {
+		s.Attempts += n
+		if name != status.Granted.String() {
+			s.Rejected[name] = n
 		}
 	}
-	st := g.stock()
-	if st == nil {
-		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", "redis unavailable")
-		return
-	}
-	added, err := st.AddAudience(rctx, id, c.Shards, body.Users)
-	if err != nil {
-		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
-		return
-	}
-	total, _ := st.AudienceSize(rctx, id, c.Shards)
-	adminJSON(ctx, fasthttp.StatusOK, map[string]any{"added": added, "audience_size": total})
-}
-
-func (g *Gateway) generateCodes(ctx *fasthttp.RequestCtx, rctx context.Context, id string) {
-	var body struct {
-		Count  int    `json:"count"`
-		Prefix string `json:"prefix"`
-	}
-	if _, ok := g.campaignWithBody(ctx, rctx, id, "code", &body); !ok {
-		return
-	}
-	var fields []string
-	if body.Count < 1 || body.Count > codesPerRequestMax {
-		fields = append(fields, "count")
-	}
-	if !codePrefixPattern.MatchString(body.Prefix) {
-		fields = append(fields, "prefix")
-	}
-	if len(fields) > 0 {
-		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", fmt.Sprintf("count must be 1..%d; prefix 0..16 of A-Z 0-9", codesPerRequestMax), fields...)
-		return
-	}
-	codes := make([]string, body.Count)
-	for i := range codes {
-		codes[i] = newCode(body.Prefix)
-	}
-	st := g.stock()
-	if st == nil {
-		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", "redis unavailable")
-		return
-	}
-	start := time.Now()
-	added, err := st.AddCodes(rctx, id, codes)
-	if err != nil {
-		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
-		return
-	}
-	g.log.Info("codes generated", "campaign", id, "count", added, "took", time.Since(start))
-	out := map[string]any{"generated": added, "bits_per_code": codeRandomBytes * 8, "export": "/admin/v1/campaigns/" + id + "/codes?format=csv"}
-	if len(codes) <= 1000 {
-		out["codes"] = codes
-	}
-	adminJSON(ctx, fasthttp.StatusCreated, out)
-}
-
-// exportCodes streams code,state,grant_id as CSV. Every unused code is a
-// coupon to whoever holds it: the route needs role admin.
-func (g *Gateway) exportCodes(ctx *fasthttp.RequestCtx, _ context.Context, id string) {
-	if f := string(ctx.QueryArgs().Peek("format")); f != "" && f != "csv" {
-		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "format must be csv")
-		return
-	}
-	st := g.stock()
-	if st == nil {
-		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", "redis unavailable")
-		return
-	}
-	ctx.SetContentType("text/csv; charset=utf-8")
-	ctx.Response.Header.Set("Content-Disposition", `attachment; filename="`+id+`-codes.csv"`)
-	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		_, _ = w.WriteString("code,state,grant_id\n")
-		err := st.ScanCodes(sctx, id, func(code, grant string) error {
-			state := "unused"
-			if grant != "" {
-				state = "used"
-			}
-			_, err := w.WriteString(code + "," + state + "," + grant + "\n")
-			return err
-		})
-		if err != nil {
-			_, _ = w.WriteString("# export interrupted: " + strings.ReplaceAll(err.Error(), "\n", " ") + "\n")
-		}
-	})
+	return v
 }
