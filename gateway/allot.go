@@ -12,7 +12,7 @@ import (
 // Units follow the definition. A campaign's definition (the NATS KV bucket)
 // decides its units; the shards are brought up to the committed total by
 // stock.Allot, which is absolute and idempotent. The PATCH that committed a
-// change does it before answering (campaignadmin.go); every gateway also
+// change does it before answering (admin_campaigns.go); every gateway also
 // does it when its watch sees a definition change, and once a tick for every
 // campaign whose committed total it has not yet seen on the shards, so a
 // change whose PATCH died after the commit still reaches the shards.

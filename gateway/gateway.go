@@ -16,6 +16,36 @@
 // checks the role (admin tokens by constant-time digest comparison) before
 // any handler runs.
 //
+// Files, by what they serve:
+//
+//	gateway.go          New, Run, the graceful stop, Close; NATS and Redis connections
+//	config.go           Config: defaults, file and environment, Validate
+//	routes.go           the route table and the router (roles, 404, 405)
+//	server.go           the fasthttp servers' error handler and logger
+//	auth.go             JWT verification, trusted proxies, the client IP
+//	tokencache.go       verified end-user tokens
+//	claim.go            POST /v1/campaigns/{campaign}/claim
+//	codeguess.go        the claim's limit on wrong redemption codes
+//	coupons.go          GET /v1/me/coupons
+//	risk.go             risk rules, limits, alerts, webhook, risk audit log
+//	settle.go           grants decided in Redis that their handler did not make durable
+//	allot.go            committed campaign units onto the shards
+//	stats.go            claim counters and trend per campaign (Redis)
+//	pipeline.go         store, GRANTS stream, relay, embedded sink, reconciler, snapshots
+//	ledgerdisk.go       a failed ledger disk: supervisor, readiness, metrics
+//	health.go           GET /healthz, GET /readyz
+//	metrics.go          GET /metrics and the metrics
+//	admin.go            admin tokens and roles, admin answers, shared adapters
+//	admin_campaigns.go  /admin/v1/campaigns[/{id}]: create, list, get, patch, delete
+//	admin_audience.go   POST /admin/v1/campaigns/{id}/audience
+//	admin_codes.go      /admin/v1/campaigns/{id}/codes: generate, export
+//	admin_grants.go     GET /admin/v1/campaigns/{id}/grants
+//	admin_audit.go      GET /admin/v1/audit, Audit, AuditLedgers, AuditSettled
+//	riskadmin.go        /admin/v1/risk/…
+//	openapi.go          GET /admin/v1/openapi.json (openapi.json, embedded)
+//	pprof.go            /debug/pprof/ (admin.pprof)
+//	demo.go             make run's demo campaign, development tokens
+//
 // Goroutines, each ending when Run's context ends: the two fasthttp servers,
 // the campaign watch (campaign.Registry.Run), the Redis connector, the stats
 // flusher, the transfer sweeper, the allotment loop that puts committed

@@ -6,20 +6,20 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/valyala/fasthttp"
 
-	"github.com/flashgate/flashgate/gateway/audit"
-	"github.com/flashgate/flashgate/gateway/campaign"
-	"github.com/flashgate/flashgate/gateway/status"
 	"github.com/flashgate/flashgate/ledger"
 	"github.com/flashgate/flashgate/ledger/relay"
 	"github.com/flashgate/flashgate/ledger/store"
 )
+
+// The grant pipeline behind the ledger (ledger → relay → JetStream → sink → store):
+// openPipeline opens the grant store, the GRANTS stream, the relay and,
+// when embedded, the sink; reconcile republishes ledger grants the store is
+// missing; saveSnapshots copies changed campaign definitions into the store.
 
 const (
 	reconcileCursor = "reconcile"
@@ -30,8 +30,6 @@ const (
 	// snapshotQueueMax bounds campaign snapshots waiting to be stored; when
 	// full, a change is skipped (the next change of the campaign writes it).
 	snapshotQueueMax = 1024
-	// myCouponsMax bounds GET /v1/me/coupons.
-	myCouponsMax = 200
 )
 
 type pipelineState struct {
@@ -39,9 +37,6 @@ type pipelineState struct {
 	republished      atomic.Int64
 	setAsidePassed   atomic.Int64 // grants the store cannot hold that the cursor passed
 }
-
-// NodeID is this gateway's name (config node_id, default the host name).
-func (g *Gateway) NodeID() string { return g.cfg.Node() }
 
 // Sink is the JetStream → store consumer a gateway runs inside serve when
 // sink.embedded is true. Package ledger/sink implements it; cmd (and the
@@ -62,6 +57,8 @@ type NewSinkFunc func(js jetstream.JetStream, st *store.Store, log *slog.Logger)
 // is true (the default); New refuses an embedded sink without it.
 func WithSink(f NewSinkFunc) Option { return func(g *Gateway) { g.newSink = f } }
 
+// openPipeline opens the store, the GRANTS stream, the relay and the
+// embedded sink (New calls it; Run starts their loops).
 func (g *Gateway) openPipeline(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
@@ -233,134 +230,6 @@ func (g *Gateway) unstored(ctx context.Context, recs []ledger.Record, missing []
 		}
 	}
 	return again, setAside, nil
-}
-
-// --- GET /v1/me/coupons ------------------------------------------------------
-
-type grantView struct {
-	GrantID    string  `json:"grant_id"`
-	Campaign   string  `json:"campaign"`
-	GrantedAt  string  `json:"granted_at"`
-	ValidFrom  *string `json:"valid_from"`
-	ValidUntil *string `json:"valid_until"`
-	FaceValue  int64   `json:"face_value,omitempty"`
-}
-
-func unixView(sec int64) *string {
-	if sec == 0 {
-		return nil
-	}
-	s := time.Unix(sec, 0).UTC().Format(time.RFC3339)
-	return &s
-}
-
-func viewOf(g *store.Grant) grantView {
-	return grantView{GrantID: g.GrantID, Campaign: g.Campaign, GrantedAt: time.Unix(0, g.GrantedAtNanos).UTC().Format(time.RFC3339Nano),
-		ValidFrom: unixView(g.ValidFrom), ValidUntil: unixView(g.ValidUntil), FaceValue: g.FaceValue}
-}
-
-func (g *Gateway) handleMyCoupons(ctx *fasthttp.RequestCtx) {
-	if !ctx.IsGet() {
-		writeError(ctx, status.InvalidRequest, "method must be GET")
-		ctx.SetStatusCode(fasthttp.StatusMethodNotAllowed)
-		return
-	}
-	user, st, msg := g.authenticate(ctx)
-	if st != status.Granted {
-		writeError(ctx, st, msg)
-		return
-	}
-	rctx, cancel := context.WithTimeout(context.Background(), g.cfg.Claim.Timeout)
-	defer cancel()
-	grants, err := g.store.ByUser(rctx, user, myCouponsMax)
-	if err != nil {
-		writeUnavailable(ctx, "grant store unavailable")
-		return
-	}
-	out := make([]grantView, len(grants))
-	for i := range grants {
-		out[i] = viewOf(&grants[i])
-	}
-	adminJSON(ctx, fasthttp.StatusOK, map[string]any{"status": "ok", "user": user, "grants": out})
-}
-
-// --- GET /admin/v1/campaigns/{id}/grants -----------------------------------
-
-func (g *Gateway) adminCampaignGrants(ctx *fasthttp.RequestCtx, id string) {
-	if !campaign.ValidID(id) {
-		adminError(ctx, fasthttp.StatusNotFound, "unknown_campaign", "no such campaign")
-		return
-	}
-	limit := 100
-	if v := ctx.QueryArgs().Peek("limit"); len(v) > 0 {
-		n, err := strconv.Atoi(string(v))
-		if err != nil || n < 1 || n > store.PageMax {
-			adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", fmt.Sprintf("limit must be 1..%d", store.PageMax))
-			return
-		}
-		limit = n
-	}
-	cursor := string(ctx.QueryArgs().Peek("cursor"))
-	if len(cursor) > 64 {
-		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "bad cursor")
-		return
-	}
-	rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	grants, next, err := g.store.ByCampaign(rctx, id, cursor, limit)
-	if err != nil {
-		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
-		return
-	}
-	type row struct {
-		grantView
-		User   string `json:"user"`
-		Device string `json:"device"`
-		IP     string `json:"client_ip"`
-		Node   string `json:"node"`
-	}
-	out := make([]row, len(grants))
-	for i := range grants {
-		out[i] = row{viewOf(&grants[i]), grants[i].User, grants[i].Device, grants[i].ClientIP, grants[i].Node}
-	}
-	adminJSON(ctx, fasthttp.StatusOK, map[string]any{"grants": out, "next_cursor": next})
-}
-
-// --- audit (package audit) -------------------------------------------------
-
-// Audit compares, per campaign, Redis counters, this gateway's ledger, the
-// stream and the store, and names every violation of I1, I2, I5 and I6.
-// It assumes this gateway's ledger is the only one (one node); with several
-// nodes, audit them together with AuditLedgers.
-func (g *Gateway) Audit(ctx context.Context) (audit.Report, error) { return g.AuditLedgers(ctx, nil) }
-
-// AuditLedgers audits this gateway's ledger (with the live relay cursor)
-// together with others (the ledgers of stopped gateways of the same fleet):
-// the union of their grants is compared with Redis and the store.
-func (g *Gateway) AuditLedgers(ctx context.Context, others []*ledger.Ledger) (audit.Report, error) {
-	src := audit.Sources{Node: g.NodeID(), Ledgers: []audit.Ledger{{Ledger: g.ledger, Relayed: g.relay.Cursor()}},
-		RelayBacklog: g.relay.Backlog(), Stock: g.stock(), Campaigns: g.reg.List(), Store: g.store}
-	for _, l := range others {
-		a, err := audit.Stopped(l)
-		if err != nil {
-			return audit.Report{Node: src.Node, RelayBacklog: src.RelayBacklog}, err
-		}
-		src.Ledgers = append(src.Ledgers, a)
-	}
-	return audit.Run(ctx, src)
-}
-
-// AuditSettled runs Audit until it finds no violation or wait ends (the
-// pipeline drains for a moment after a load), returning the last report.
-func (g *Gateway) AuditSettled(ctx context.Context, wait time.Duration) (audit.Report, error) {
-	deadline := time.Now().Add(wait)
-	for {
-		rep, err := g.Audit(ctx)
-		if err == nil && rep.Violations == 0 || time.Now().After(deadline) || ctx.Err() != nil {
-			return rep, err
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }
 
 // Store exposes the grant store (tests, audit).

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	_ "embed"
 	"fmt"
 	"strings"
 
@@ -14,7 +13,7 @@ import (
 // who may call it:
 //
 //	method  path template                         least role  listener  handler
-//	GET     /admin/v1/campaigns/{id}/codes        admin       admin     exportCodes
+//	GET     /admin/v1/campaigns/{id}/codes        admin       admin     adminExportCodes
 //	...
 //
 // Both listeners dispatch through a router built from it (newRouter), and
@@ -22,15 +21,10 @@ import (
 // cannot forget its check and no handler checks a role itself. Path
 // parameters ({id}) match one non-empty segment; the last one of a route
 // with rest set takes the rest of the path (a CIDR's "/"). The OpenAPI
-// document, the README's route table and TestEveryRouteEveryRole are kept
-// equal to it by tests.
-
-// openAPI is the checked-in OpenAPI 3 document (gateway/openapi.json),
-// served at /admin/v1/openapi.json. TestOpenAPIMatchesRoutes keeps it, this
-// table and the handlers in step.
-//
-//go:embed openapi.json
-var openAPI []byte
+// document (openapi.go), the README's route table and
+// TestEveryRouteEveryRole are kept equal to it by tests. Each handler is in
+// the file named for what it serves (admin_<resource>.go for the admin API;
+// the package comment in gateway.go maps them all).
 
 // Role is the least a caller must present to use a route. Admin roles are
 // ordered: a higher one may do everything a lower one may.
@@ -130,9 +124,9 @@ var routeTable = []Route{
 	{Method: "GET", Path: "/admin/v1/campaigns/{id}", Role: RoleViewer, Admin: true, serve: func(g *Gateway, ctx *fasthttp.RequestCtx, rq *request) { g.adminGetCampaign(ctx, rq.param(0)) }},
 	{Method: "PATCH", Path: "/admin/v1/campaigns/{id}", Role: RoleAdmin, Admin: true, serve: campaignItem((*Gateway).adminPatchCampaign)},
 	{Method: "DELETE", Path: "/admin/v1/campaigns/{id}", Role: RoleAdmin, Admin: true, serve: campaignItem((*Gateway).adminDeleteCampaign)},
-	{Method: "POST", Path: "/admin/v1/campaigns/{id}/audience", Role: RoleAdmin, Admin: true, serve: campaignItem((*Gateway).addAudience)},
-	{Method: "POST", Path: "/admin/v1/campaigns/{id}/codes", Role: RoleAdmin, Admin: true, serve: campaignItem((*Gateway).generateCodes)},
-	{Method: "GET", Path: "/admin/v1/campaigns/{id}/codes", Role: RoleAdmin, Admin: true, serve: campaignItem((*Gateway).exportCodes)},
+	{Method: "POST", Path: "/admin/v1/campaigns/{id}/audience", Role: RoleAdmin, Admin: true, serve: campaignItem((*Gateway).adminAddAudience)},
+	{Method: "POST", Path: "/admin/v1/campaigns/{id}/codes", Role: RoleAdmin, Admin: true, serve: campaignItem((*Gateway).adminGenerateCodes)},
+	{Method: "GET", Path: "/admin/v1/campaigns/{id}/codes", Role: RoleAdmin, Admin: true, serve: campaignItem((*Gateway).adminExportCodes)},
 	{Method: "GET", Path: "/admin/v1/campaigns/{id}/grants", Role: RoleViewer, Admin: true, serve: func(g *Gateway, ctx *fasthttp.RequestCtx, rq *request) { g.adminCampaignGrants(ctx, rq.param(0)) }},
 	{Method: "GET", Path: "/admin/v1/audit", Role: RoleViewer, Admin: true, serve: func(g *Gateway, ctx *fasthttp.RequestCtx, _ *request) { g.adminAudit(ctx) }},
 
@@ -177,9 +171,6 @@ func Routes() []Route {
 	copy(out, routeTable)
 	return out
 }
-
-// OpenAPI returns the document.
-func OpenAPI() []byte { return openAPI }
 
 // match reports whether path fits the route's template, filling params.
 // It does not allocate (the claim path goes through it).

@@ -1,10 +1,6 @@
 package gateway
 
 import (
-	"context"
-	"errors"
-	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,100 +12,14 @@ import (
 	"github.com/flashgate/flashgate/gateway/status"
 )
 
-// serveHealthz: the process is up.
-func serveHealthz(_ *Gateway, ctx *fasthttp.RequestCtx, _ *request) {
-	ctx.SetContentType("application/json")
-	ctx.SetBodyString(`{"status":"ok"}`)
-}
-
-// serveReadyz: every dependency a claim needs, 503 when one is missing.
-func serveReadyz(g *Gateway, ctx *fasthttp.RequestCtx, _ *request) {
-	checks, ok := g.readiness()
-	code := fasthttp.StatusOK
-	if !ok {
-		code = fasthttp.StatusServiceUnavailable
-		ctx.Response.Header.Set("Retry-After", "1")
-	}
-	adminJSON(ctx, code, map[string]any{"ready": ok, "checks": checks})
-}
+// GET /metrics and the gateway's Prometheus metrics: the claim outcomes,
+// latencies, risk, settlement and pipeline figures. The ledger's disk
+// metrics are registered in ledgerdisk.go, next to what they measure.
 
 // serveMetrics: Prometheus text format. Always on the admin listener; on
 // the public one only with metrics.public (its figures — claim rates,
 // rejections by rule, backlog — help whoever tunes a bot farm).
 func serveMetrics(g *Gateway, ctx *fasthttp.RequestCtx, _ *request) { g.metrics.handler(ctx) }
-
-// readiness checks every dependency a claim needs.
-func (g *Gateway) readiness() (map[string]string, bool) {
-	checks := map[string]string{}
-	ok := true
-	fail := func(name, msg string) { checks[name] = msg; ok = false }
-	if g.draining.Load() {
-		fail("process", "draining")
-	} else {
-		checks["process"] = "ok"
-	}
-	if c := g.redisC.Load(); c == nil {
-		fail("redis", "not connected")
-	} else {
-		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		err := (*c).Do(ctx, (*c).B().Ping().Build()).Error()
-		cancel()
-		if err != nil {
-			fail("redis", err.Error())
-		} else {
-			checks["redis"] = "ok"
-		}
-	}
-	if !g.risk.synced.Load() {
-		checks["risk"] = "degraded: risk rules watch not live; the last rules stay in force"
-	} else {
-		checks["risk"] = "ok"
-	}
-	switch stale := g.reg.StaleFor(time.Now()); {
-	case stale == 0:
-		checks["nats"] = "ok"
-	case stale <= g.cfg.NATS.ControlPlaneStaleMax:
-		checks["nats"] = fmt.Sprintf("degraded: campaign watch down for %s; granting from the last snapshot", stale.Round(time.Second))
-	default:
-		fail("nats", "campaign watch down")
-	}
-	if msg, ledgerOK := g.ledgerReadiness(); ledgerOK {
-		checks["ledger"] = msg
-	} else {
-		fail("ledger", msg)
-	}
-	if g.settled.Load() {
-		checks["settlement"] = "ok"
-	} else {
-		fail("settlement", "this node's unsettled grants not yet settled (waiting for Redis)")
-	}
-	checks["relay_backlog"] = fmt.Sprint(g.relay.Backlog())
-	if g.relay.Backlog() > uint64(g.cfg.Relay.BacklogMax) {
-		fail("relay_backlog", fmt.Sprintf("%d grants not yet in JetStream (max %d)", g.relay.Backlog(), g.cfg.Relay.BacklogMax))
-	}
-	return checks, ok
-}
-
-// errorHandler answers requests fasthttp could not parse (too large, bad
-// headers, timeouts) in the API's JSON shape: 400 invalid_request.
-func (g *Gateway) errorHandler(ctx *fasthttp.RequestCtx, err error) {
-	msg := "malformed request"
-	var small *fasthttp.ErrSmallBuffer
-	switch {
-	case errors.Is(err, fasthttp.ErrBodyTooLarge):
-		msg = "request body too large"
-	case errors.As(err, &small):
-		msg = "request headers too large"
-	}
-	writeError(ctx, status.InvalidRequest, msg)
-	g.metrics.observeClaim(status.InvalidRequest, 0)
-}
-
-type fasthttpLogger struct{ l *slog.Logger }
-
-func (f fasthttpLogger) Printf(format string, args ...any) {
-	f.l.Debug("fasthttp: " + fmt.Sprintf(format, args...))
-}
 
 // metrics of one gateway, in a registry of its own (several gateways may run
 // in one test process).
