@@ -12,6 +12,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/flashgate/flashgate/gateway/campaign"
+	"github.com/flashgate/flashgate/gateway/risk"
 	"github.com/flashgate/flashgate/gateway/status"
 	"github.com/flashgate/flashgate/gateway/stock"
 	"github.com/flashgate/flashgate/ledger"
@@ -160,21 +161,21 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 	now := g.now()
 	record := func(s status.Status) status.Status {
 		counts.add(s, 1)
-		g.observeOutcome(c.ID, s, now)
+		g.risk.ObserveOutcome(c.ID, s, now)
 		return s
 	}
 	rctx, cancel := context.WithTimeout(context.Background(), g.cfg.Claim.Timeout)
 	defer cancel()
-	if st, msg, retryAfter, which := g.checkRisk(rctx, &in, now); st != status.Granted {
-		switch st {
+	if v := g.risk.Check(rctx, risk.Claim{IP: in.ip, Device: in.device, User: in.user}, now); !v.OK {
+		switch v.Status {
 		case status.RateLimited:
-			writeRateLimited(ctx, msg, retryAfter, which)
+			writeRateLimited(ctx, v.Message, v.RetryAfter, v.Which)
 		case status.Unavailable:
-			writeUnavailable(ctx, msg)
+			writeUnavailable(ctx, v.Message)
 		default:
-			writeError(ctx, st, msg)
+			writeError(ctx, v.Status, v.Message)
 		}
-		return record(st)
+		return record(v.Status)
 	}
 	switch c.StateAt(now) {
 	case campaign.StateNotStarted:

@@ -49,6 +49,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/flashgate/flashgate/gateway/campaign"
+	"github.com/flashgate/flashgate/gateway/risk"
 	"github.com/flashgate/flashgate/gateway/stock"
 	"github.com/flashgate/flashgate/ledger"
 	"github.com/flashgate/flashgate/ledger/relay"
@@ -100,7 +101,7 @@ type Gateway struct {
 	newSink    NewSinkFunc // WithSink: builds the embedded sink
 	sink       Sink        // embedded (sink.embedded), nil otherwise
 	pipe       pipelineState
-	risk       *risk
+	risk       *risk.Risk
 	// snapshots carries ids of changed campaigns to saveSnapshots.
 	snapshots chan string
 	verify    *verifier
@@ -125,7 +126,7 @@ type Gateway struct {
 // Option adjusts New for tests and embedding.
 type Option func(*Gateway)
 
-// WithClock sets the clock used for campaign windows and tokens.
+// WithClock sets the clock used for campaign windows, tokens and the risk rules.
 func WithClock(now func() time.Time) Option { return func(g *Gateway) { g.now = now } }
 
 // WithLedgerOptions adjusts the ledger's options before it opens (tests:
@@ -172,9 +173,9 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 		g.Close()
 		return nil, err
 	}
-	octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
-	err = g.openRisk(octx)
-	ocancel()
+	g.risk, err = risk.Open(ctx, g.js, risk.Options{
+		Replicas: cfg.NATS.Replicas, Clock: g.now, Logger: g.log, WebhookURL: cfg.Alerts.WebhookURL, Metrics: g.metrics.riskMetrics(),
+	})
 	if err != nil {
 		g.Close()
 		return nil, err
@@ -300,7 +301,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	loops := []func(context.Context){g.reg.Run, g.connectRedis, g.flushStats, g.sweepTransfers, g.allotLoop, g.settleUnsettled, g.markSettled, g.relay.Run, g.reconcile,
-		g.watchRisk, g.collectAlerts, g.deliverWebhooks, g.saveSnapshots, g.superviseLedger}
+		g.risk.Run, g.saveSnapshots, g.superviseLedger}
 	if g.sink != nil {
 		loops = append(loops, g.sink.Run)
 	}
@@ -312,7 +313,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	err := g.reg.WaitReady(rctx)
 	if err == nil {
 		select {
-		case <-g.risk.ready:
+		case <-g.risk.Ready():
 		case <-rctx.Done():
 			err = fmt.Errorf("gateway: risk rules not synced: %w", rctx.Err())
 		}
@@ -400,7 +401,7 @@ func (g *Gateway) connectRedis(ctx context.Context) {
 		if err == nil {
 			g.redisC.Store(&c)
 			g.stockP.Store(stock.New(c))
-			g.installRules(g.risk.rules.Load().rules) // limiters need the client
+			g.risk.SetRedis(c) // limiters and the alert gate need the client
 			g.log.Info("redis connected", "addrs", g.cfg.Redis.Addrs)
 			return
 		}
@@ -456,7 +457,6 @@ func (g *Gateway) sweepTransfers(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		g.evictOverLimit(g.now())
 		st := g.stock()
 		if st == nil {
 			continue
@@ -468,7 +468,7 @@ func (g *Gateway) sweepTransfers(ctx context.Context) {
 			sctx, cancel := context.WithTimeout(ctx, time.Second)
 			n, err := st.Sweep(sctx, c.ID, c.Shards, g.now())
 			if c.StateAt(g.now()) == campaign.StateActive {
-				g.checkLowStock(sctx, c)
+				g.observeStock(sctx, st, c)
 			}
 			cancel()
 			if n > 0 {
@@ -479,6 +479,31 @@ func (g *Gateway) sweepTransfers(ctx context.Context) {
 				break
 			}
 		}
+	}
+}
+
+// observeStock feeds an active campaign's counts to the low-stock and
+// low-budget alerts, when either is set.
+func (g *Gateway) observeStock(ctx context.Context, st *stock.Store, c *campaign.Campaign) {
+	if !g.risk.WatchesStock() {
+		return
+	}
+	n, err := st.Count(ctx, c.ID, c.Shards)
+	if err != nil {
+		return
+	}
+	g.risk.ObserveStock(c, n.Remaining, n.Granted, g.now())
+}
+
+// riskMetrics is what package risk counts, on this gateway's counters.
+func (m *metrics) riskMetrics() risk.Metrics {
+	return risk.Metrics{
+		Blocked:        func(kind string) { m.riskBlocked.WithLabelValues(kind).Inc() },
+		RateLimited:    func(rule string) { m.riskRateLimited.WithLabelValues(rule).Inc() },
+		ShadowBlocked:  func(rule string) { m.riskShadow.WithLabelValues(rule).Inc() },
+		LimitError:     func(rule string) { m.riskLimitErrors.WithLabelValues(rule).Inc() },
+		Alert:          func(kind string) { m.alerts.WithLabelValues(kind).Inc() },
+		WebhookFailure: m.webhookFailures.Inc,
 	}
 }
 

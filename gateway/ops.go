@@ -60,7 +60,7 @@ func (g *Gateway) readiness() (map[string]string, bool) {
 			checks["redis"] = "ok"
 		}
 	}
-	if !g.risk.synced.Load() {
+	if !g.risk.Synced() {
 		checks["risk"] = "degraded: risk rules watch not live; the last rules stay in force"
 	} else {
 		checks["risk"] = "ok"

@@ -3,7 +3,9 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"strconv"
 	"strings"
 	"time"
@@ -11,31 +13,44 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/flashgate/flashgate/antifraud"
+	"github.com/flashgate/flashgate/gateway/risk"
 )
 
+// The risk admin handlers decode, call package risk and answer; the rules,
+// the blacklist, alerts and the audit log are risk's.
+
 const (
-	// riskApplyWait bounds how long a write waits to see itself applied on
-	// this gateway (others follow through the same watch within a second).
-	riskApplyWait = 2 * time.Second
+	// riskWriteTimeout bounds one risk write (bucket, audit, wait until in force).
+	riskWriteTimeout = 10 * time.Second
 	// blacklistTTLMax bounds an entry's TTL.
 	blacklistTTLMax = 365 * 24 * time.Hour
 	// blacklistListMax bounds one listing.
 	blacklistListMax = 10_000
+	// blacklistReasonLenMax bounds an entry's reason.
+	blacklistReasonLenMax = 500
+	// riskAuditListDefault is one audit page without ?limit=.
+	riskAuditListDefault = 100
 )
 
 // riskWrite adapts a risk write handler: it gets a deadline and the
 // caller named for the audit log (role and a hash prefix of the token).
 func riskWrite(h func(g *Gateway, ctx *fasthttp.RequestCtx, rctx context.Context, actor string, rq *request)) handler {
 	return func(g *Gateway, ctx *fasthttp.RequestCtx, rq *request) {
-		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		rctx, cancel := context.WithTimeout(context.Background(), riskWriteTimeout)
 		defer cancel()
 		h(g, ctx, rctx, actorOf(rq.digest, rq.role), rq)
 	}
 }
 
+// actorOf names an admin token without revealing it: role and the first
+// 4 bytes of its SHA-256.
+func actorOf(d tokenDigest, r Role) string {
+	return r.String() + ":" + hex.EncodeToString(d[:4])
+}
+
 // getRules serves GET /admin/v1/risk/rules.
 func (g *Gateway) getRules(ctx *fasthttp.RequestCtx) {
-	adminJSON(ctx, fasthttp.StatusOK, g.risk.rules.Load().rules)
+	adminJSON(ctx, fasthttp.StatusOK, g.risk.Rules())
 }
 
 // listBlacklist serves GET /admin/v1/risk/blacklist[?limit=].
@@ -44,29 +59,24 @@ func (g *Gateway) listBlacklist(ctx *fasthttp.RequestCtx) {
 	if v, err := strconv.Atoi(string(ctx.QueryArgs().Peek("limit"))); err == nil && v > 0 && v < limit {
 		limit = v
 	}
-	adminJSON(ctx, fasthttp.StatusOK, map[string]any{"entries": g.risk.blacklist.List(g.now(), limit), "total": g.risk.blacklist.Len()})
+	entries, total := g.risk.Blacklist(g.now(), limit)
+	adminJSON(ctx, fasthttp.StatusOK, map[string]any{"entries": entries, "total": total})
 }
 
 // listAlerts serves GET /admin/v1/risk/alerts, newest first.
 func (g *Gateway) listAlerts(ctx *fasthttp.RequestCtx) {
-	g.risk.alertsMu.Lock()
-	out := make([]antifraud.Alert, len(g.risk.alerts))
-	for i := range g.risk.alerts {
-		out[i] = g.risk.alerts[len(g.risk.alerts)-1-i]
-	}
-	g.risk.alertsMu.Unlock()
-	adminJSON(ctx, fasthttp.StatusOK, map[string]any{"alerts": out})
+	adminJSON(ctx, fasthttp.StatusOK, map[string]any{"alerts": g.risk.Alerts()})
 }
 
 // riskAudit serves GET /admin/v1/risk/audit[?limit=].
 func (g *Gateway) riskAudit(ctx *fasthttp.RequestCtx) {
-	rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	rctx, cancel := context.WithTimeout(context.Background(), riskWriteTimeout)
 	defer cancel()
-	limit := 100
-	if v, err := strconv.Atoi(string(ctx.QueryArgs().Peek("limit"))); err == nil && v > 0 && v <= auditListMax {
+	limit := riskAuditListDefault
+	if v, err := strconv.Atoi(string(ctx.QueryArgs().Peek("limit"))); err == nil && v > 0 && v <= risk.AuditListMax {
 		limit = v
 	}
-	entries, err := g.riskAuditLog(rctx, limit)
+	entries, err := g.risk.AuditLog(rctx, limit)
 	if err != nil {
 		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
 		return
@@ -77,29 +87,16 @@ func (g *Gateway) riskAudit(ctx *fasthttp.RequestCtx) {
 // putRules serves PUT /admin/v1/risk/rules.
 func (g *Gateway) putRules(ctx *fasthttp.RequestCtx, rctx context.Context, actor string, _ *request) {
 	var r antifraud.Rules
-	dec := json.NewDecoder(bytes.NewReader(ctx.Request.Body()))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
-		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "body: "+err.Error())
+	if !decodeStrict(ctx, &r) {
 		return
 	}
 	if err := r.Validate(); err != nil {
 		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", err.Error(), antifraud.Fields(err)...)
 		return
 	}
-	before, _ := json.Marshal(g.risk.rules.Load().rules)
-	after, _ := json.Marshal(r)
-	if _, err := g.risk.kv.Put(rctx, "rules", after); err != nil {
+	if err := g.risk.PutRules(rctx, actor, r); err != nil {
 		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
 		return
-	}
-	if err := g.auditRisk(rctx, riskAuditEntry{At: g.now().UTC(), Actor: actor, Action: "rules.put", Target: "rules", Before: before, After: after}); err != nil {
-		g.log.Error("risk audit not recorded", "err", err)
-	}
-	for deadline := time.Now().Add(riskApplyWait); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if cur, _ := json.Marshal(g.risk.rules.Load().rules); bytes.Equal(cur, after) {
-			break
-		}
 	}
 	adminJSON(ctx, fasthttp.StatusOK, r)
 }
@@ -119,64 +116,48 @@ func (g *Gateway) writeBlacklist(ctx *fasthttp.RequestCtx, rctx context.Context,
 		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", err.Error(), "value")
 		return
 	}
-	key := blacklistKey(kind, value)
-	var before []byte
-	if e, err := g.risk.kv.Get(rctx, key); err == nil {
-		before = e.Value()
-	}
 	if ctx.IsDelete() {
-		if before == nil {
+		switch err := g.risk.DeleteBlacklist(rctx, actor, kind, value); {
+		case errors.Is(err, risk.ErrNotFound):
 			adminError(ctx, fasthttp.StatusNotFound, "not_found", "no such entry")
-			return
-		}
-		if err := g.risk.kv.Delete(rctx, key); err != nil {
+		case err != nil:
 			adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
-			return
+		default:
+			adminJSON(ctx, fasthttp.StatusOK, map[string]any{"status": "deleted", "kind": kind, "value": value})
 		}
-		_ = g.auditRisk(rctx, riskAuditEntry{At: g.now().UTC(), Actor: actor, Action: "blacklist.delete", Target: kind + ":" + value, Before: before})
-		g.waitBlacklist(kind, value, false)
-		adminJSON(ctx, fasthttp.StatusOK, map[string]any{"status": "deleted", "kind": kind, "value": value})
 		return
 	}
 	var body blacklistBody
-	dec := json.NewDecoder(bytes.NewReader(ctx.Request.Body()))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil {
-		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "body: "+err.Error())
+	if !decodeStrict(ctx, &body) {
 		return
 	}
-	if strings.TrimSpace(body.Reason) == "" || len(body.Reason) > 500 {
+	if strings.TrimSpace(body.Reason) == "" || len(body.Reason) > blacklistReasonLenMax {
 		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "reason is required (1..500 characters)", "reason")
 		return
 	}
-	now := g.now().UTC()
-	e := antifraud.Entry{Kind: kind, Value: value, Reason: body.Reason, Author: actor, CreatedAt: now}
+	var ttl time.Duration
 	if body.TTL != "" {
-		ttl, err := time.ParseDuration(body.TTL)
-		if err != nil || ttl <= 0 || ttl > blacklistTTLMax {
+		if ttl, err = time.ParseDuration(body.TTL); err != nil || ttl <= 0 || ttl > blacklistTTLMax {
 			adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "ttl must be a duration in (0, 8760h]", "ttl")
 			return
 		}
-		exp := now.Add(ttl)
-		e.ExpiresAt = &exp
 	}
-	after, _ := json.Marshal(e)
-	if _, err := g.risk.kv.Put(rctx, key, after); err != nil {
+	e, err := g.risk.PutBlacklist(rctx, actor, antifraud.Entry{Kind: kind, Value: value, Reason: body.Reason}, ttl)
+	if err != nil {
 		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
 		return
 	}
-	_ = g.auditRisk(rctx, riskAuditEntry{At: now, Actor: actor, Action: "blacklist.put", Target: kind + ":" + value, Before: before, After: after})
-	g.waitBlacklist(kind, value, true)
 	adminJSON(ctx, fasthttp.StatusOK, e)
 }
 
-// waitBlacklist waits (bounded) until this gateway's blacklist reflects a
-// write, so "200" means "in force here"; other gateways follow through the
-// same watch within milliseconds.
-func (g *Gateway) waitBlacklist(kind, value string, present bool) {
-	for deadline := time.Now().Add(riskApplyWait); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
-		if g.risk.blacklist.Has(kind, value) == present {
-			return
-		}
+// decodeStrict decodes the request body into v, refusing unknown fields;
+// false when it answered 400.
+func decodeStrict(ctx *fasthttp.RequestCtx, v any) bool {
+	dec := json.NewDecoder(bytes.NewReader(ctx.Request.Body()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		adminError(ctx, fasthttp.StatusBadRequest, "invalid_request", "body: "+err.Error())
+		return false
 	}
+	return true
 }
