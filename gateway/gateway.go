@@ -126,7 +126,8 @@ type Gateway struct {
 // Option adjusts New for tests and embedding.
 type Option func(*Gateway)
 
-// WithClock sets the clock used for campaign windows, tokens and the risk rules.
+// WithClock sets the one clock of every rule, window and staleness: campaign
+// windows, tokens, the control plane's staleness and the risk rules.
 func WithClock(now func() time.Time) Option { return func(g *Gateway) { g.now = now } }
 
 // WithLedgerOptions adjusts the ledger's options before it opens (tests:
@@ -241,6 +242,7 @@ func (g *Gateway) openNATS(ctx context.Context) error {
 		return err
 	}
 	g.reg.Connected = g.nc.IsConnected // a lost connection makes the snapshot stale (I7)
+	g.reg.Clock = g.now                // stamps the loss on the clock claims compare it with
 	return nil
 }
 

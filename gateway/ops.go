@@ -65,7 +65,7 @@ func (g *Gateway) readiness() (map[string]string, bool) {
 	} else {
 		checks["risk"] = "ok"
 	}
-	switch stale := g.reg.StaleFor(time.Now()); {
+	switch stale := g.reg.StaleFor(g.now()); {
 	case stale == 0:
 		checks["nats"] = "ok"
 	case stale <= g.cfg.NATS.ControlPlaneStaleMax:
