@@ -1,15 +1,21 @@
 // Package gateway is flashgate's HTTP edge: the public claim listener, the
 // admin listener, claim orchestration, health and configuration.
 //
-// A claim (claim.go) runs, in the handler goroutine fasthttp gives it:
-// parse and authenticate → campaign state from the local registry snapshot →
-// local sold-out flag → one stock script on the user's home shard (stealing
-// from another shard when that is empty; package stock), which also records
-// the grant as unsettled for this node → a synced ledger append (package
+// A claim (claim.go) runs, in the handler goroutine fasthttp gives it, as a
+// sequence of steps, each returning an outcome; the first decided outcome
+// ends it and one writer (answerClaim) answers and counts it: parse and
+// authenticate → the campaign from the local registry snapshot → the risk
+// check (package risk: blacklist, then limits) → admit (campaign state,
+// control-plane staleness, relay backlog, settlement, ledger disk, local
+// sold-out flag) → one stock script on the user's home shard (stealing from
+// another shard when that is empty; package stock), which also records the
+// grant as unsettled for this node → a synced ledger append (package
 // ledger) → the answer, and the grant's unsettled field is deleted in a
 // batch. "granted" is written only after the append returned (I4); any
 // dependency failure answers 503 "unavailable" with Retry-After (I7), and a
-// grant its handler could not make durable is settled by settle.go.
+// grant its handler could not make durable is settled by settle.go. Every
+// rule, window and staleness reads one clock, the gateway's (WithClock),
+// which the campaign registry and package risk are given too.
 //
 // Both listeners dispatch through one route table (routes.go): method, path
 // template, the least role that may call it, and the handler. The router
@@ -17,8 +23,10 @@
 // any handler runs.
 //
 // Goroutines, each ending when Run's context ends: the two fasthttp servers,
-// the campaign watch (campaign.Registry.Run), the Redis connector, the stats
-// flusher, the transfer sweeper, the allotment loop that puts committed
+// the campaign watch (campaign.Registry.Run), the risk loops (risk.Run: its
+// bucket watch, alert collector, webhook deliverer and over-limit evictor),
+// the Redis connector, the stats flusher, the transfer sweeper (which also
+// feeds the low-stock alerts), the allotment loop that puts committed
 // campaign units on the shards (allot.go), the settler and marker of
 // unsettled grants (settle.go), the ledger supervisor that re-opens a ledger
 // whose disk failed (ledgerdisk.go), the relay (ledger → JetStream), the
@@ -26,8 +34,9 @@
 // ledger/sink, wired by cmd through WithSink) — pipeline.go. The audit
 // (GET /admin/v1/audit) is package audit, fed this gateway's ledger, relay
 // cursor, Redis, campaigns and store. Handler goroutines share only the registry snapshot (atomic
-// pointer), the sold-out flags and stats counters (atomics), the ledger and
-// the Redis client (both safe for concurrent use).
+// pointer), the risk state (package risk), the sold-out flags and stats
+// counters (atomics), the ledger and the Redis client (both safe for
+// concurrent use).
 package gateway
 
 import (
