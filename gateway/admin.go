@@ -17,7 +17,7 @@ import (
 // JSON answers every admin handler writes, and the adapters of the
 // /admin/v1/campaigns/{id}[/…] handlers. The handlers themselves are in the
 // file of the resource they serve: admin_campaigns.go, admin_audience.go,
-// admin_codes.go, admin_grants.go, admin_audit.go, riskadmin.go; the
+// admin_codes.go, admin_grants.go, admin_audit.go, admin_risk.go; the
 // document in openapi.go, profiles in pprof.go. The router (routes.go)
 // checks the role before any of them runs.
 

@@ -22,7 +22,7 @@ const (
 	userIDLenMax = 128
 	// deviceIDLenMax bounds X-Device-ID.
 	deviceIDLenMax = 128
-	// idempotencyKeyLenMax is DESIGN §3's limit.
+	// idempotencyKeyLenMax bounds Idempotency-Key (it becomes part of a Redis key).
 	idempotencyKeyLenMax = 64
 	// forwardedHopsMax bounds the X-Forwarded-For entries examined.
 	forwardedHopsMax = 16

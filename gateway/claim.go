@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/netip"
 	"strconv"
 	"sync/atomic"
@@ -12,10 +14,21 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/flashgate/flashgate/gateway/campaign"
+	"github.com/flashgate/flashgate/gateway/risk"
 	"github.com/flashgate/flashgate/gateway/status"
 	"github.com/flashgate/flashgate/gateway/stock"
 	"github.com/flashgate/flashgate/ledger"
 )
+
+// A claim is a short sequence of steps, each returning an outcome; the
+// first decided outcome ends it, and answerClaim, the one writer, answers it:
+//
+//	parseClaim (request, identity) → campaign → risk.Check → admit (this
+//	gateway's own state) → takeStock (the claim script) → recordGrant (ledger)
+//
+// No step writes to the response. Risk comes before admit, as the README
+// states ("blacklist → limits → campaign window"): a blocked or limited
+// caller is told so whatever the campaign's state.
 
 // claimInput is what a claim request carries once parsed and authenticated.
 type claimInput struct {
@@ -32,206 +45,260 @@ type claimBody struct {
 	Code string `json:"code"`
 }
 
-var (
-	pathClaimPrefix = []byte("/v1/campaigns/")
-	pathClaimSuffix = []byte("/claim")
-)
-
-// parseClaimPath returns the campaign id of /v1/campaigns/{id}/claim.
-func parseClaimPath(p []byte) ([]byte, bool) {
-	if len(p) <= len(pathClaimPrefix)+len(pathClaimSuffix) || !bytes.HasPrefix(p, pathClaimPrefix) || !bytes.HasSuffix(p, pathClaimSuffix) {
-		return nil, false
-	}
-	id := p[len(pathClaimPrefix) : len(p)-len(pathClaimSuffix)]
-	if len(id) == 0 || bytes.IndexByte(id, '/') >= 0 {
-		return nil, false
-	}
-	return id, true
+// outcome is how a claim ends, or, undecided (the zero value), that it goes
+// on to the next step.
+type outcome struct {
+	decided    bool
+	status     status.Status
+	msg        string
+	retryAfter int            // rate_limited: Retry-After seconds
+	limit      string         // rate_limited: which limit
+	grantIDs   []string       // already_claimed: the user's grants
+	grant      *ledger.Record // granted: the grant answered (id, validity)
+	// c is the campaign once known: a granted answer names it, and its
+	// stats and rejection-spike alert count the outcome (at its now, at).
+	c  *campaign.Campaign
+	at time.Time
 }
 
-// parseClaim validates everything a claim request carries. It returns the
-// status to answer and a message when the request is refused.
-func (g *Gateway) parseClaim(ctx *fasthttp.RequestCtx, id []byte) (claimInput, status.Status, string) {
+func refuse(st status.Status, msg string) outcome {
+	return outcome{decided: true, status: st, msg: msg}
+}
+
+func unavailable(msg string) outcome { return refuse(status.Unavailable, msg) }
+
+func rateLimited(msg string, retryAfter int, limit string) outcome {
+	return outcome{decided: true, status: status.RateLimited, msg: msg, retryAfter: retryAfter, limit: limit}
+}
+
+func granted(rec *ledger.Record) outcome {
+	return outcome{decided: true, status: status.Granted, grant: rec}
+}
+
+// handleClaim serves POST /v1/campaigns/{campaign}/claim. The router admits
+// only POST and a {campaign} of one non-empty segment.
+func (g *Gateway) handleClaim(ctx *fasthttp.RequestCtx, id []byte) {
+	start := time.Now()
+	out := g.claim(ctx, id)
+	g.answerClaim(ctx, &out, start)
+}
+
+// claim runs the steps of one claim until one decides it.
+func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) outcome {
+	in, out := g.parseClaim(ctx, id)
+	if out.decided {
+		return out
+	}
+	c, ok := g.reg.Get(in.campaignID)
+	if !ok {
+		return refuse(status.UnknownCampaign, "no such campaign")
+	}
+	now := g.now()
+	rctx, cancel := context.WithTimeout(context.Background(), g.cfg.Claim.Timeout)
+	defer cancel()
+	out = g.decide(rctx, c, &in, now)
+	out.c, out.at = c, now
+	return out
+}
+
+// decide runs the steps after the campaign is known.
+func (g *Gateway) decide(rctx context.Context, c *campaign.Campaign, in *claimInput, now time.Time) outcome {
+	if v := g.risk.Check(rctx, risk.Claim{IP: in.ip, Device: in.device, User: in.user}, now); !v.OK {
+		return outcome{decided: true, status: v.Status, msg: v.Message, retryAfter: v.RetryAfter, limit: v.Which}
+	}
+	if out := g.admit(rctx, c, in, now); out.decided {
+		return out
+	}
+	out, rec := g.takeStock(rctx, c, in, now)
+	if out.decided {
+		return out
+	}
+	return g.recordGrant(rctx, rec)
+}
+
+// answerClaim is the one writer of a claim's answer: the outcome's status
+// code, body and Retry-After; then it counts the outcome (metrics, and the
+// campaign's stats and rejection-spike alert once the campaign is known).
+func (g *Gateway) answerClaim(ctx *fasthttp.RequestCtx, out *outcome, start time.Time) {
+	if !out.decided {
+		panic("gateway: a claim ended undecided") // a step returned without deciding: a bug
+	}
+	switch out.status {
+	case status.Granted:
+		writeGranted(ctx, out.c, out.grant)
+	case status.RateLimited:
+		writeRateLimited(ctx, out.msg, out.retryAfter, out.limit)
+	case status.Unavailable:
+		writeUnavailable(ctx, out.msg)
+	case status.AlreadyClaimed:
+		writeAlreadyClaimed(ctx, out.grantIDs)
+	default:
+		writeError(ctx, out.status, out.msg)
+	}
+	if out.c != nil {
+		g.stats.of(out.c.ID).add(out.status, 1)
+		g.risk.ObserveOutcome(out.c.ID, out.status, out.at)
+	}
+	g.metrics.observeClaim(out.status, time.Since(start))
+}
+
+// parseClaim validates everything a claim request carries; a refusal is a
+// decided outcome.
+func (g *Gateway) parseClaim(ctx *fasthttp.RequestCtx, id []byte) (claimInput, outcome) {
 	var in claimInput
 	peer, _ := netip.AddrFromSlice(ctx.RemoteIP())
 	peer = peer.Unmap()
 	// Every X-Forwarded-For line, in order: Peek would return only the first.
 	ip, err := clientIP(peer, ctx.Request.Header.PeekAll("X-Forwarded-For"), g.proxies)
 	if err != nil {
-		return in, status.InvalidRequest, err.Error()
+		return in, refuse(status.InvalidRequest, err.Error())
 	}
 	in.ip = ip
-	user, st, msg := g.authenticate(ctx)
-	if st != status.Granted {
-		return in, st, msg
+	if in.user, err = g.identify(ctx); err != nil {
+		return in, refuse(status.Unauthenticated, err.Error())
 	}
-	in.user = user
 	dev := ctx.Request.Header.Peek("X-Device-ID")
 	if len(dev) == 0 {
-		return in, status.InvalidRequest, "X-Device-ID header is required"
+		return in, refuse(status.InvalidRequest, "X-Device-ID header is required")
 	}
 	if !printableTokenBytes(dev, deviceIDLenMax) {
-		return in, status.InvalidRequest, "X-Device-ID must be 1..128 printable characters"
+		return in, refuse(status.InvalidRequest, "X-Device-ID must be 1..128 printable characters")
 	}
 	in.device = string(dev)
 	if k := ctx.Request.Header.Peek("Idempotency-Key"); len(k) > 0 {
 		if !printableTokenBytes(k, idempotencyKeyLenMax) {
-			return in, status.InvalidRequest, "Idempotency-Key must be 1..64 printable characters"
+			return in, refuse(status.InvalidRequest, "Idempotency-Key must be 1..64 printable characters")
 		}
 		in.idemKey = string(k)
 	}
-	if body := ctx.Request.Body(); len(bytes.TrimSpace(body)) > 0 {
-		if len(body) > publicBodyLenMax {
-			return in, status.InvalidRequest, "body exceeds 4096 bytes"
-		}
-		var b claimBody
-		dec := json.NewDecoder(bytes.NewReader(body))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&b); err != nil {
-			return in, status.InvalidRequest, "body: " + err.Error()
-		}
-		if dec.More() {
-			return in, status.InvalidRequest, "body: trailing data after JSON object"
-		}
-		if len(b.Code) > 64 {
-			return in, status.InvalidRequest, "body: code longer than 64 characters"
-		}
-		in.code = b.Code
+	if in.code, err = parseClaimBody(ctx.Request.Body()); err != nil {
+		return in, refuse(status.InvalidRequest, err.Error())
 	}
 	if !campaign.ValidID(string(id)) {
-		return in, status.UnknownCampaign, "no such campaign"
+		return in, refuse(status.UnknownCampaign, "no such campaign")
 	}
 	in.campaignID = string(id)
-	return in, status.Granted, ""
+	return in, outcome{} // undecided: the claim goes on
 }
 
-// authenticate returns the caller's user id (JWT or trusted header), or the
-// status and message to refuse with.
-func (g *Gateway) authenticate(ctx *fasthttp.RequestCtx) (string, status.Status, string) {
+// parseClaimBody returns the code of an optional {"code": "…"} body.
+func parseClaimBody(body []byte) (string, error) {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return "", nil
+	}
+	if len(body) > publicBodyLenMax {
+		return "", errors.New("body exceeds 4096 bytes")
+	}
+	var b claimBody
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&b); err != nil {
+		return "", errors.New("body: " + err.Error())
+	}
+	if dec.More() {
+		return "", errors.New("body: trailing data after JSON object")
+	}
+	if len(b.Code) > 64 {
+		return "", errors.New("body: code longer than 64 characters")
+	}
+	return b.Code, nil
+}
+
+var (
+	errNoBearer      = errors.New("missing Authorization: Bearer token")
+	errUntrustedPeer = errors.New("X-User-ID accepted only from a trusted proxy")
+	errBadUserHeader = errors.New("missing or malformed X-User-ID")
+	errNoAuthMode    = errors.New("no authentication mode")
+)
+
+// identify returns the caller's user id (JWT or trusted header), or why it
+// is refused (401 unauthenticated, the error's text the message).
+func (g *Gateway) identify(ctx *fasthttp.RequestCtx) (string, error) {
 	switch g.cfg.Auth.Mode {
 	case "jwt":
 		authz := ctx.Request.Header.Peek("Authorization")
 		if len(authz) == 0 {
-			return "", status.Unauthenticated, "missing Authorization: Bearer token"
+			return "", errNoBearer
 		}
 		sub, err := g.verify.verify(authz)
 		if err != nil {
-			return "", status.Unauthenticated, "bad token: " + err.Error()
+			return "", fmt.Errorf("bad token: %w", err)
 		}
-		return sub, status.Granted, ""
+		return sub, nil
 	case "trusted-header":
 		peer, _ := netip.AddrFromSlice(ctx.RemoteIP())
 		if !g.proxies.contains(peer.Unmap()) {
-			return "", status.Unauthenticated, "X-User-ID accepted only from a trusted proxy"
+			return "", errUntrustedPeer
 		}
 		u := ctx.Request.Header.Peek("X-User-ID")
 		if !printableTokenBytes(u, userIDLenMax) {
-			return "", status.Unauthenticated, "missing or malformed X-User-ID"
+			return "", errBadUserHeader
 		}
-		return string(u), status.Granted, ""
+		return string(u), nil
 	}
-	return "", status.Unauthenticated, "no authentication mode"
+	return "", errNoAuthMode
 }
 
-func (g *Gateway) handleClaim(ctx *fasthttp.RequestCtx, id []byte) {
-	start := time.Now()
-	st := g.claim(ctx, id)
-	g.metrics.observeClaim(st, time.Since(start))
+// authenticate is identify in the shape GET /v1/me/coupons (pipeline.go)
+// uses, where status.Granted means "authenticated". It goes once that
+// handler calls identify.
+func (g *Gateway) authenticate(ctx *fasthttp.RequestCtx) (string, status.Status, string) {
+	user, err := g.identify(ctx)
+	if err != nil {
+		return "", status.Unauthenticated, err.Error()
+	}
+	return user, status.Granted, ""
 }
 
-func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
-	if !ctx.IsPost() {
-		ctx.Response.Header.Set("Allow", "POST")
-		writeError(ctx, status.InvalidRequest, "method must be POST")
-		ctx.SetStatusCode(fasthttp.StatusMethodNotAllowed)
-		return status.InvalidRequest
-	}
-	in, st, msg := g.parseClaim(ctx, id)
-	if st != status.Granted {
-		writeError(ctx, st, msg)
-		return st
-	}
-	c, ok := g.reg.Get(in.campaignID)
-	if !ok {
-		writeError(ctx, status.UnknownCampaign, "no such campaign")
-		return status.UnknownCampaign
-	}
-	counts := g.stats.of(c.ID)
-	now := g.now()
-	record := func(s status.Status) status.Status {
-		counts.add(s, 1)
-		g.observeOutcome(c.ID, s, now)
-		return s
-	}
-	rctx, cancel := context.WithTimeout(context.Background(), g.cfg.Claim.Timeout)
-	defer cancel()
-	if st, msg, retryAfter, which := g.checkRisk(rctx, &in, now); st != status.Granted {
-		switch st {
-		case status.RateLimited:
-			writeRateLimited(ctx, msg, retryAfter, which)
-		case status.Unavailable:
-			writeUnavailable(ctx, msg)
-		default:
-			writeError(ctx, st, msg)
-		}
-		return record(st)
-	}
+// admit checks, from this gateway's own state, that the campaign takes
+// claims now and that a grant could be made and recorded: the campaign's
+// state, the control plane's staleness, the relay's backlog, the settlement
+// of this node's last run, the ledger's disk and the local sold-out flag.
+// A refusal a retried attempt may have outrun (ended, paused, sold out)
+// answers the attempt's grant instead (refuseUnlessReplay).
+func (g *Gateway) admit(rctx context.Context, c *campaign.Campaign, in *claimInput, now time.Time) outcome {
 	switch c.StateAt(now) {
 	case campaign.StateNotStarted:
-		writeError(ctx, status.NotStarted, "campaign starts at "+c.StartsAt.Format(time.RFC3339))
-		return record(status.NotStarted)
+		return refuse(status.NotStarted, "campaign starts at "+c.StartsAt.Format(time.RFC3339))
 	case campaign.StateDraft:
-		writeError(ctx, status.UnknownCampaign, "no such campaign")
-		return record(status.UnknownCampaign)
+		return refuse(status.UnknownCampaign, "no such campaign")
 	case campaign.StateEnded, campaign.StateDeleted:
-		return record(g.refuseUnlessReplay(ctx, rctx, c, &in, status.Ended, "campaign has ended"))
+		return g.refuseUnlessReplay(rctx, c, in, status.Ended, "campaign has ended")
 	case campaign.StatePaused:
-		return record(g.refuseUnlessReplay(ctx, rctx, c, &in, status.Paused, "campaign is paused"))
+		return g.refuseUnlessReplay(rctx, c, in, status.Paused, "campaign is paused")
 	}
-	if g.reg.StaleFor(now) > g.cfg.NATS.ControlPlaneStaleMax {
-		writeUnavailable(ctx, "control plane unavailable")
-		return record(status.Unavailable)
-	}
-	if b := g.relay.Backlog(); b > uint64(g.cfg.Relay.BacklogMax) {
-		writeUnavailable(ctx, "grant pipeline backlog full")
-		return record(status.Unavailable)
-	}
-	if !g.settled.Load() {
-		writeUnavailable(ctx, "settling the grants of this node's last run")
-		return record(status.Unavailable)
-	}
-	if g.ledger.Err() != nil { // disk failed: take no stock that could not be recorded
+	switch {
+	case g.reg.StaleFor(now) > g.cfg.NATS.ControlPlaneStaleMax:
+		return unavailable("control plane unavailable")
+	case g.relay.Backlog() > uint64(g.cfg.Relay.BacklogMax):
+		return unavailable("grant pipeline backlog full")
+	case !g.settled.Load():
+		return unavailable("settling the grants of this node's last run")
+	case g.ledger.Err() != nil: // disk failed: take no stock that could not be recorded
 		g.metrics.dependencyErrors.WithLabelValues("ledger").Inc()
-		writeUnavailable(ctx, "ledger unavailable")
-		return record(status.Unavailable)
+		return unavailable("ledger unavailable")
 	}
+	// Sold out here until the flag's time; past it, one request re-probes
+	// (the compare-and-swap) while the others still answer sold out.
 	flag := g.soldOutFlag(c.ID)
-	if until := flag.Load(); now.UnixNano() < until {
-		return record(g.refuseUnlessReplay(ctx, rctx, c, &in, status.SoldOut, "sold out"))
-	} else if until != 0 && !flag.CompareAndSwap(until, now.Add(soldOutRecheck).UnixNano()) {
-		// another request is re-probing
-		return record(g.refuseUnlessReplay(ctx, rctx, c, &in, status.SoldOut, "sold out"))
+	if until := flag.Load(); now.UnixNano() < until || (until != 0 && !flag.CompareAndSwap(until, now.Add(soldOutRecheck).UnixNano())) {
+		return g.refuseUnlessReplay(rctx, c, in, status.SoldOut, "sold out")
 	}
+	return outcome{} // undecided: the claim goes on
+}
+
+// takeStock runs the claim script on the user's home shard (package stock
+// steals from another shard when that one is empty). It decides every
+// outcome but a fresh grant, which it leaves undecided with the grant's
+// ledger record for recordGrant.
+func (g *Gateway) takeStock(rctx context.Context, c *campaign.Campaign, in *claimInput, now time.Time) (outcome, *ledger.Record) {
 	store := g.stock()
 	if store == nil {
-		writeUnavailable(ctx, "redis unavailable")
-		return record(status.Unavailable)
+		return unavailable("redis unavailable"), nil
 	}
-
-	aud := stock.AudiencePublic
-	switch c.Audience.Mode {
-	case "targeted":
-		aud = stock.AudienceTargeted
-	case "code":
-		aud = stock.AudienceCode
-		if in.code == "" {
-			writeError(ctx, status.NotEligible, "this campaign needs a redemption code: body {\"code\": \"…\"}")
-			return record(status.NotEligible)
-		}
-		if g.codeGuessesOver(rctx, in.user, now) {
-			writeRateLimited(ctx, "too many wrong codes", int(codeGuessWindow.Seconds()), "code")
-			return record(status.RateLimited)
-		}
+	aud, out := g.audience(rctx, c, in, now)
+	if out.decided {
+		return out, nil
 	}
 	attempt, ttl := in.idemKey, g.cfg.Claim.IdempotencyTTL
 	if attempt == "" {
@@ -239,7 +306,7 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 		// unknown outcome idempotent. Prefixed so it cannot collide with a client key.
 		attempt, ttl = "~"+stock.NewGrantID(now), 10*time.Minute
 	}
-	rec := newGrantRecord(c, &in, stock.NewGrantID(now), now)
+	rec := newGrantRecord(c, in, stock.NewGrantID(now), now)
 	t0 := time.Now()
 	res, err := store.Claim(rctx, &stock.Claim{
 		Campaign: c.ID, Shards: c.Shards, PerUserLimit: c.PerUserLimit, User: in.user,
@@ -252,92 +319,108 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 		// unsettled hash and the settler appends it (settle.go).
 		g.metrics.dependencyErrors.WithLabelValues("redis").Inc()
 		g.log.Debug("claim: stock", "campaign", c.ID, "err", err)
-		writeUnavailable(ctx, "stock unavailable")
-		return record(status.Unavailable)
+		return unavailable("stock unavailable"), nil
 	}
+	flag := g.soldOutFlag(c.ID)
 	switch res.Outcome {
 	case stock.SoldOut:
 		flag.Store(now.Add(soldOutRecheck).UnixNano())
-		writeError(ctx, status.SoldOut, "sold out")
-		return record(status.SoldOut)
+		return refuse(status.SoldOut, "sold out"), nil
 	case stock.AlreadyClaimed:
-		writeAlreadyClaimed(ctx, res.GrantIDs)
-		return record(status.AlreadyClaimed)
+		return outcome{decided: true, status: status.AlreadyClaimed, grantIDs: res.GrantIDs}, nil
 	case stock.NotEligible:
 		if aud == stock.AudienceCode {
 			g.countCodeGuess(rctx, in.user)
 		}
-		writeError(ctx, status.NotEligible, res.Reason)
-		return record(status.NotEligible)
+		return refuse(status.NotEligible, res.Reason), nil
 	}
 	if flag.Load() != 0 {
 		flag.Store(0) // stock came back (PATCH): clear the local flag
 	}
 	if res.Replay {
-		return record(g.answerReplay(ctx, rctx, c, &res.Prior))
+		return g.replay(rctx, c, &res.Prior), nil
 	}
+	return outcome{}, rec
+}
+
+// audience is the campaign's audience for the claim script. A code
+// campaign needs a code, and a user out of wrong-code guesses is refused
+// before the script runs.
+func (g *Gateway) audience(rctx context.Context, c *campaign.Campaign, in *claimInput, now time.Time) (string, outcome) {
+	switch c.Audience.Mode {
+	case "targeted":
+		return stock.AudienceTargeted, outcome{}
+	case "code":
+		if in.code == "" {
+			return stock.AudienceCode, refuse(status.NotEligible, "this campaign needs a redemption code: body {\"code\": \"…\"}")
+		}
+		if g.codeGuessesOver(rctx, in.user, now) {
+			return stock.AudienceCode, rateLimited("too many wrong codes", int(codeGuessWindow.Seconds()), "code")
+		}
+		return stock.AudienceCode, outcome{}
+	}
+	return stock.AudiencePublic, outcome{}
+}
+
+// recordGrant makes a fresh grant durable: "granted" only once the append
+// returned (I4). A failed append is not acknowledged; the settler appends
+// the grant later.
+func (g *Gateway) recordGrant(rctx context.Context, rec *ledger.Record) outcome {
 	if err := g.appendGrant(rctx, rec); err != nil {
 		g.metrics.dependencyErrors.WithLabelValues("ledger").Inc()
 		g.log.Warn("claim: ledger append failed; not acknowledged, the settler appends it", "grant_id", rec.GrantID, "err", err)
-		writeUnavailable(ctx, "ledger unavailable")
-		return record(status.Unavailable)
+		return unavailable("ledger unavailable")
 	}
-	writeGranted(ctx, c, rec)
-	return record(status.Granted)
+	return granted(rec)
 }
 
-// refuseUnlessReplay answers a claim that a local check refuses (sold-out
+// refuseUnlessReplay refuses a claim that a local check refuses (sold-out
 // flag, paused, ended) — unless the request retries an attempt that granted:
 // the same Idempotency-Key always gets its original answer.
-func (g *Gateway) refuseUnlessReplay(ctx *fasthttp.RequestCtx, rctx context.Context, c *campaign.Campaign, in *claimInput, st status.Status, msg string) status.Status {
-	if in.idemKey != "" {
-		store := g.stock()
-		if store == nil {
-			writeUnavailable(ctx, "redis unavailable: cannot tell whether this Idempotency-Key granted; retry")
-			return status.Unavailable
-		}
-		prior, found, err := store.LookupAttempt(rctx, c.ID, c.Shards, in.user, in.idemKey)
-		if err != nil {
-			// Not knowing is not a refusal: a final answer here could hide a grant.
-			writeUnavailable(ctx, "cannot tell whether this Idempotency-Key granted; retry")
-			return status.Unavailable
-		}
-		if found {
-			return g.answerReplay(ctx, rctx, c, &prior)
-		}
+func (g *Gateway) refuseUnlessReplay(rctx context.Context, c *campaign.Campaign, in *claimInput, st status.Status, msg string) outcome {
+	if in.idemKey == "" {
+		return refuse(st, msg)
 	}
-	writeError(ctx, st, msg)
-	return st
+	store := g.stock()
+	if store == nil {
+		return unavailable("redis unavailable: cannot tell whether this Idempotency-Key granted; retry")
+	}
+	prior, found, err := store.LookupAttempt(rctx, c.ID, c.Shards, in.user, in.idemKey)
+	if err != nil {
+		// Not knowing is not a refusal: a final answer here could hide a grant.
+		return unavailable("cannot tell whether this Idempotency-Key granted; retry")
+	}
+	if found {
+		return g.replay(rctx, c, &prior)
+	}
+	return refuse(st, msg)
 }
 
-// answerReplay answers a retried attempt with the grant it made. A settled
-// grant is in its node's synced ledger: answered from the attempt record. An
+// replay answers a retried attempt with the grant it made. A settled grant
+// is in its node's synced ledger: answered from the attempt record. An
 // unsettled grant of this node is appended first (coalescing with its first
 // append if that is still in flight, so the answer never precedes the sync);
 // an unsettled grant of another node is not written here — one grant, one
 // record — and the client is asked to retry.
-func (g *Gateway) answerReplay(ctx *fasthttp.RequestCtx, rctx context.Context, c *campaign.Campaign, prior *stock.Attempt) status.Status {
+func (g *Gateway) replay(rctx context.Context, c *campaign.Campaign, prior *stock.Attempt) outcome {
 	rec := &ledger.Record{GrantID: prior.GrantID, ValidFrom: prior.ValidFrom, ValidUntil: prior.ValidUntil}
-	if prior.Unsettled {
-		if prior.Node != g.ledger.ID() {
-			writeUnavailable(ctx, "this grant is being recorded by another gateway; retry with the same Idempotency-Key")
-			return status.Unavailable
-		}
-		var facts ledger.Record
-		if err := facts.Decode([]byte(prior.Facts)); err != nil || facts.GrantID != prior.GrantID {
-			g.log.Error("claim: unsettled grant with corrupt facts", "grant_id", prior.GrantID, "err", err)
-			writeUnavailable(ctx, "grant record unreadable")
-			return status.Unavailable
-		}
-		facts.Seq = 0
-		if err := g.appendGrant(rctx, &facts); err != nil {
-			g.metrics.dependencyErrors.WithLabelValues("ledger").Inc()
-			writeUnavailable(ctx, "ledger unavailable")
-			return status.Unavailable
-		}
+	if !prior.Unsettled {
+		return granted(rec)
 	}
-	writeGranted(ctx, c, rec)
-	return status.Granted
+	if prior.Node != g.ledger.ID() {
+		return unavailable("this grant is being recorded by another gateway; retry with the same Idempotency-Key")
+	}
+	var facts ledger.Record
+	if err := facts.Decode([]byte(prior.Facts)); err != nil || facts.GrantID != prior.GrantID {
+		g.log.Error("claim: unsettled grant with corrupt facts", "grant_id", prior.GrantID, "err", err)
+		return unavailable("grant record unreadable")
+	}
+	facts.Seq = 0
+	if err := g.appendGrant(rctx, &facts); err != nil {
+		g.metrics.dependencyErrors.WithLabelValues("ledger").Inc()
+		return unavailable("ledger unavailable")
+	}
+	return granted(rec)
 }
 
 // newGrantRecord is the ledger record of a grant about to be decided: its

@@ -16,7 +16,7 @@ import (
 	"github.com/knadh/koanf/v2"
 )
 
-// Config is the whole gateway configuration (DESIGN §5). Every key may be set
+// Config is the whole gateway configuration (README "Configuration"). Every key may be set
 // in the YAML file or by FLASHGATE_<KEY PATH IN CAPITALS, . → _>; lists and
 // maps from the environment are comma-separated (maps as k=v).
 type Config struct {

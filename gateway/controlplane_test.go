@@ -6,6 +6,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -66,6 +67,63 @@ func TestClaimsGoOnWhileNATSAwayThenFailClosed(t *testing.T) {
 		t.Fatalf("claims did not resume within 30s of NATS returning: %+v", last)
 	}
 	stack.RequireCleanAudit(t, s.Gateway, 30*time.Second)
+}
+
+// TestStalenessFollowsTheGatewayClock: the control plane's staleness is
+// measured on the gateway's one clock (WithClock), the clock the campaign
+// watch stamps its loss with. The clock here runs half an hour ahead of the
+// wall clock: after NATS goes away claims are still granted, and once the
+// clock is moved past nats.control_plane_stale_max they answer 503 at once,
+// without waiting for real time to pass. (With the loss stamped on the wall
+// clock, the half hour read as staleness and the first claim was refused.)
+func TestStalenessFollowsTheGatewayClock(t *testing.T) {
+	if testing.Short() {
+		t.Skip("NATS stop/start test skipped in -short")
+	}
+	const staleMax = time.Minute
+	var ahead atomic.Int64
+	ahead.Store(int64(30 * time.Minute))
+	clock := func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
+	ns := natsserver.Start(t)
+	s := stack.Start(t, stack.Options{
+		Tweak: func(c *gateway.Config) {
+			c.NATS.URL = ns.URL()
+			c.NATS.ControlPlaneStaleMax = staleMax
+		},
+		GatewayOptions: []gateway.Option{gateway.WithClock(clock)},
+	})
+	s.CreateCampaign(stack.Campaign{ID: "clock", Stock: 1000, Shards: 1})
+	ctx := context.Background()
+	n := 0
+	claim := func() stack.Answer {
+		t.Helper()
+		n++
+		a, err := s.Claim(ctx, stack.ClaimRequest{Campaign: "clock", User: fmt.Sprintf("clock-%d", n), Device: "d"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	if a := claim(); a.Status != "granted" {
+		t.Fatalf("with NATS: %+v", a)
+	}
+	ns.Kill()
+	wait.For(t, 10*time.Second, "the gateway to see the campaign watch down", func() bool {
+		_, body := s.Admin("GET", "/readyz", nil)
+		return strings.Contains(string(body), "campaign watch down")
+	})
+	if a := claim(); a.Status != "granted" {
+		t.Fatalf("NATS away for less than %v on the gateway's clock: %+v, want granted", staleMax, a)
+	}
+	ahead.Add(int64(staleMax + time.Second))
+	if a := claim(); a.HTTP != 503 || a.Status != "unavailable" || a.Error != "control plane unavailable" || a.RetryAfter == "" {
+		t.Fatalf("the gateway's clock past stale max: %+v, want 503 control plane unavailable with Retry-After", a)
+	}
+	ns.Restart()
+	var last stack.Answer
+	if !wait.Until(ctx, 30*time.Second, func() bool { last = claim(); return last.Status == "granted" }) {
+		t.Fatalf("claims did not resume within 30s of NATS returning: %+v", last)
+	}
 }
 
 // TestREADMEStatesControlPlaneContract: the README states I7 as the code

@@ -1,15 +1,21 @@
 // Package gateway is flashgate's HTTP edge: the public claim listener, the
 // admin listener, claim orchestration, health and configuration.
 //
-// A claim (claim.go) runs, in the handler goroutine fasthttp gives it:
-// parse and authenticate → campaign state from the local registry snapshot →
-// local sold-out flag → one stock script on the user's home shard (stealing
-// from another shard when that is empty; package stock), which also records
-// the grant as unsettled for this node → a synced ledger append (package
+// A claim (claim.go) runs, in the handler goroutine fasthttp gives it, as a
+// sequence of steps, each returning an outcome; the first decided outcome
+// ends it and one writer (answerClaim) answers and counts it: parse and
+// authenticate → the campaign from the local registry snapshot → the risk
+// check (package risk: blacklist, then limits) → admit (campaign state,
+// control-plane staleness, relay backlog, settlement, ledger disk, local
+// sold-out flag) → one stock script on the user's home shard (stealing from
+// another shard when that is empty; package stock), which also records the
+// grant as unsettled for this node → a synced ledger append (package
 // ledger) → the answer, and the grant's unsettled field is deleted in a
 // batch. "granted" is written only after the append returned (I4); any
 // dependency failure answers 503 "unavailable" with Retry-After (I7), and a
-// grant its handler could not make durable is settled by settle.go.
+// grant its handler could not make durable is settled by settle.go. Every
+// rule, window and staleness reads one clock, the gateway's (WithClock),
+// which the campaign registry and package risk are given too.
 //
 // Both listeners dispatch through one route table (routes.go): method, path
 // template, the least role that may call it, and the handler. The router
@@ -27,7 +33,6 @@
 //	claim.go            POST /v1/campaigns/{campaign}/claim
 //	codeguess.go        the claim's limit on wrong redemption codes
 //	coupons.go          GET /v1/me/coupons
-//	risk.go             risk rules, limits, alerts, webhook, risk audit log
 //	settle.go           grants decided in Redis that their handler did not make durable
 //	allot.go            committed campaign units onto the shards
 //	stats.go            claim counters and trend per campaign (Redis)
@@ -41,23 +46,29 @@
 //	admin_codes.go      /admin/v1/campaigns/{id}/codes: generate, export
 //	admin_grants.go     GET /admin/v1/campaigns/{id}/grants
 //	admin_audit.go      GET /admin/v1/audit, Audit, AuditLedgers, AuditSettled
-//	riskadmin.go        /admin/v1/risk/…
+//	admin_risk.go       /admin/v1/risk/…: rules, blacklist, alerts, risk audit log (package risk holds the state)
 //	openapi.go          GET /admin/v1/openapi.json (openapi.json, embedded)
 //	pprof.go            /debug/pprof/ (admin.pprof)
 //	demo.go             make run's demo campaign, development tokens
 //
-// Goroutines, each ending when Run's context ends: the two fasthttp servers,
-// the campaign watch (campaign.Registry.Run), the Redis connector, the stats
-// flusher, the transfer sweeper, the allotment loop that puts committed
-// campaign units on the shards (allot.go), the settler and marker of
-// unsettled grants (settle.go), the ledger supervisor that re-opens a ledger
-// whose disk failed (ledgerdisk.go), the relay (ledger → JetStream), the
-// reconciler and, when embedded, the sink (JetStream → SQL store; package
-// ledger/sink, wired by cmd through WithSink) — pipeline.go. The audit
-// (GET /admin/v1/audit) is package audit, fed this gateway's ledger, relay
-// cursor, Redis, campaigns and store. Handler goroutines share only the registry snapshot (atomic
-// pointer), the sold-out flags and stats counters (atomics), the ledger and
-// the Redis client (both safe for concurrent use).
+// Goroutines. Run starts the background loops on their own context, which
+// the graceful stop cancels only after the listeners drained (so settlement
+// and relay go on while in-flight claims finish): the campaign watch
+// (campaign.Registry.Run), the risk loops (risk.Run: bucket watch, alert
+// collector, webhook deliverer, over-limit evictor), the Redis connector
+// (which ends once connected), the stats flusher, the transfer sweeper
+// (which also feeds the low-stock alerts), the allotment loop (allot.go),
+// the settler and the marker of unsettled grants (settle.go), the relay
+// (ledger → JetStream), the reconciler and the snapshot saver
+// (pipeline.go), the ledger supervisor (ledgerdisk.go) and, when embedded,
+// the sink (JetStream → SQL store; package ledger/sink, wired by cmd
+// through WithSink). The two fasthttp servers end when the stop closes
+// their listeners. Handler goroutines share the registry snapshot (atomic
+// pointer), the risk state (package risk), the sold-out flags, stats
+// counters and metrics (atomics), the marks queue of settled grants (a
+// bounded channel), and the ledger, relay and Redis client (each safe for
+// concurrent use). The audit (GET /admin/v1/audit) is package audit, fed
+// this gateway's ledger, relay cursor, Redis, campaigns and store.
 package gateway
 
 import (
@@ -79,6 +90,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/flashgate/flashgate/gateway/campaign"
+	"github.com/flashgate/flashgate/gateway/risk"
 	"github.com/flashgate/flashgate/gateway/stock"
 	"github.com/flashgate/flashgate/ledger"
 	"github.com/flashgate/flashgate/ledger/relay"
@@ -98,7 +110,7 @@ const (
 	// soldOutRecheck is how long a local sold-out flag answers without Redis
 	// before one request re-probes (stock may be added by PATCH).
 	soldOutRecheck = time.Second
-	// publicBodyLenMax is DESIGN §3's claim body limit.
+	// publicBodyLenMax bounds a claim body (it holds at most a redemption code).
 	publicBodyLenMax = 4 << 10
 	// serverBodyLenMax is the server-level cap; bigger bodies are refused by
 	// fasthttp before the handler (answered by errorHandler as 400).
@@ -130,7 +142,7 @@ type Gateway struct {
 	newSink    NewSinkFunc // WithSink: builds the embedded sink
 	sink       Sink        // embedded (sink.embedded), nil otherwise
 	pipe       pipelineState
-	risk       *risk
+	risk       *risk.Risk
 	// snapshots carries ids of changed campaigns to saveSnapshots.
 	snapshots chan string
 	verify    *verifier
@@ -155,7 +167,8 @@ type Gateway struct {
 // Option adjusts New for tests and embedding.
 type Option func(*Gateway)
 
-// WithClock sets the clock used for campaign windows and tokens.
+// WithClock sets the one clock of every rule, window and staleness: campaign
+// windows, tokens, the control plane's staleness and the risk rules.
 func WithClock(now func() time.Time) Option { return func(g *Gateway) { g.now = now } }
 
 // WithLedgerOptions adjusts the ledger's options before it opens (tests:
@@ -202,9 +215,9 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 		g.Close()
 		return nil, err
 	}
-	octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
-	err = g.openRisk(octx)
-	ocancel()
+	g.risk, err = risk.Open(ctx, g.js, risk.Options{
+		Replicas: cfg.NATS.Replicas, Clock: g.now, Logger: g.log, WebhookURL: cfg.Alerts.WebhookURL, Metrics: g.metrics.riskMetrics(),
+	})
 	if err != nil {
 		g.Close()
 		return nil, err
@@ -270,6 +283,7 @@ func (g *Gateway) openNATS(ctx context.Context) error {
 		return err
 	}
 	g.reg.Connected = g.nc.IsConnected // a lost connection makes the snapshot stale (I7)
+	g.reg.Clock = g.now                // stamps the loss on the clock claims compare it with
 	return nil
 }
 
@@ -330,7 +344,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	loops := []func(context.Context){g.reg.Run, g.connectRedis, g.flushStats, g.sweepTransfers, g.allotLoop, g.settleUnsettled, g.markSettled, g.relay.Run, g.reconcile,
-		g.watchRisk, g.collectAlerts, g.deliverWebhooks, g.saveSnapshots, g.superviseLedger}
+		g.risk.Run, g.saveSnapshots, g.superviseLedger}
 	if g.sink != nil {
 		loops = append(loops, g.sink.Run)
 	}
@@ -342,7 +356,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	err := g.reg.WaitReady(rctx)
 	if err == nil {
 		select {
-		case <-g.risk.ready:
+		case <-g.risk.Ready():
 		case <-rctx.Done():
 			err = fmt.Errorf("gateway: risk rules not synced: %w", rctx.Err())
 		}
@@ -430,7 +444,7 @@ func (g *Gateway) connectRedis(ctx context.Context) {
 		if err == nil {
 			g.redisC.Store(&c)
 			g.stockP.Store(stock.New(c))
-			g.installRules(g.risk.rules.Load().rules) // limiters need the client
+			g.risk.SetRedis(c) // limiters and the alert gate need the client
 			g.log.Info("redis connected", "addrs", g.cfg.Redis.Addrs)
 			return
 		}
@@ -486,7 +500,6 @@ func (g *Gateway) sweepTransfers(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		g.evictOverLimit(g.now())
 		st := g.stock()
 		if st == nil {
 			continue
@@ -498,7 +511,7 @@ func (g *Gateway) sweepTransfers(ctx context.Context) {
 			sctx, cancel := context.WithTimeout(ctx, time.Second)
 			n, err := st.Sweep(sctx, c.ID, c.Shards, g.now())
 			if c.StateAt(g.now()) == campaign.StateActive {
-				g.checkLowStock(sctx, c)
+				g.observeStock(sctx, st, c)
 			}
 			cancel()
 			if n > 0 {
@@ -509,6 +522,31 @@ func (g *Gateway) sweepTransfers(ctx context.Context) {
 				break
 			}
 		}
+	}
+}
+
+// observeStock feeds an active campaign's counts to the low-stock and
+// low-budget alerts, when either is set.
+func (g *Gateway) observeStock(ctx context.Context, st *stock.Store, c *campaign.Campaign) {
+	if !g.risk.WatchesStock() {
+		return
+	}
+	n, err := st.Count(ctx, c.ID, c.Shards)
+	if err != nil {
+		return
+	}
+	g.risk.ObserveStock(c, n.Remaining, n.Granted, g.now())
+}
+
+// riskMetrics is what package risk counts, on this gateway's counters.
+func (m *metrics) riskMetrics() risk.Metrics {
+	return risk.Metrics{
+		Blocked:        func(kind string) { m.riskBlocked.WithLabelValues(kind).Inc() },
+		RateLimited:    func(rule string) { m.riskRateLimited.WithLabelValues(rule).Inc() },
+		ShadowBlocked:  func(rule string) { m.riskShadow.WithLabelValues(rule).Inc() },
+		LimitError:     func(rule string) { m.riskLimitErrors.WithLabelValues(rule).Inc() },
+		Alert:          func(kind string) { m.alerts.WithLabelValues(kind).Inc() },
+		WebhookFailure: m.webhookFailures.Inc,
 	}
 }
 

@@ -51,12 +51,12 @@ func (g *Gateway) readiness() (map[string]string, bool) {
 			checks["redis"] = "ok"
 		}
 	}
-	if !g.risk.synced.Load() {
+	if !g.risk.Synced() {
 		checks["risk"] = "degraded: risk rules watch not live; the last rules stay in force"
 	} else {
 		checks["risk"] = "ok"
 	}
-	switch stale := g.reg.StaleFor(time.Now()); {
+	switch stale := g.reg.StaleFor(g.now()); {
 	case stale == 0:
 		checks["nats"] = "ok"
 	case stale <= g.cfg.NATS.ControlPlaneStaleMax:

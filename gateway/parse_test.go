@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"net"
 	"strings"
 	"testing"
@@ -30,9 +31,22 @@ func fuzzGateway(t testing.TB, mode string) *Gateway {
 	return g
 }
 
-// FuzzParseClaim feeds arbitrary paths, headers and bodies to the claim
-// request decoder: it must never panic, and must answer a status of the table
-// with a message whenever it refuses.
+// claimRoute is the route table's claim route: its match is what hands
+// handleClaim the {campaign} segment.
+func claimRoute(t testing.TB) *Route {
+	for i := range routeTable {
+		if r := &routeTable[i]; r.Method == "POST" && r.Path == "/v1/campaigns/{campaign}/claim" {
+			return r
+		}
+	}
+	t.Fatal("no claim route in the table")
+	return nil
+}
+
+// FuzzParseClaim feeds arbitrary paths, headers and bodies through the claim
+// route's match to the claim request decoder: neither may panic, and the
+// decoder must answer a status of the table with a message whenever it
+// refuses.
 func FuzzParseClaim(f *testing.F) {
 	tok, _ := MintHS256("fuzz-secret-0123456789-0123456789-x", "user-1", time.Hour)
 	f.Add("/v1/campaigns/d11/claim", "Bearer "+tok, "dev-1", "tap-1", "1.2.3.4", "", []byte(`{"code":"D11-ABC"}`), false)
@@ -47,6 +61,7 @@ func FuzzParseClaim(f *testing.F) {
 			mode = "trusted-header"
 		}
 		g := fuzzGateway(t, mode)
+		route := claimRoute(t)
 		var ctx fasthttp.RequestCtx
 		ctx.Init(&fasthttp.Request{}, &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 1}, nil)
 		ctx.Request.Header.SetMethod("POST")
@@ -57,21 +72,25 @@ func FuzzParseClaim(f *testing.F) {
 			}
 		}
 		ctx.Request.SetBody(body)
-		id, ok := parseClaimPath(ctx.Path())
-		if !ok {
+		var params [routeParamsMax][]byte
+		if !route.match(ctx.Path(), &params) {
 			return
 		}
-		in, st, msg := g.parseClaim(&ctx, id)
-		if int(st) >= status.N {
-			t.Fatalf("status %d outside the table", st)
+		id := params[0]
+		if len(id) == 0 || bytes.IndexByte(id, '/') >= 0 {
+			t.Fatalf("the claim route matched %q with campaign %q", ctx.Path(), id)
 		}
-		if st != status.Granted && msg == "" {
-			t.Fatalf("refused with %s but no message", st)
+		in, out := g.parseClaim(&ctx, id)
+		if out.decided && int(out.status) >= status.N {
+			t.Fatalf("status %d outside the table", out.status)
 		}
-		if st == status.Granted && (in.user == "" || in.device == "" || in.campaignID == "") {
+		if out.decided && (out.status == status.Granted || out.msg == "") {
+			t.Fatalf("refused with %s and message %q", out.status, out.msg)
+		}
+		if !out.decided && (in.user == "" || in.device == "" || in.campaignID == "") {
 			t.Fatalf("accepted incomplete input %+v", in)
 		}
-		if st == status.Granted {
+		if !out.decided {
 			// Whatever the edge accepts, the store can hold (issue 9 #11).
 			gr := store.Grant{GrantID: stock.NewGrantID(time.Now()), Campaign: in.campaignID, User: in.user, Device: in.device,
 				ClientIP: in.ip.String(), IdempotencyKey: in.idemKey, Node: "gw-fuzz"}
@@ -82,19 +101,21 @@ func FuzzParseClaim(f *testing.F) {
 	})
 }
 
-// TestHotPathHelpersDoNotAllocate: path parse and client-IP resolution for a
-// direct peer. (Behind a trusted proxy each X-Forwarded-For hop parsed costs
+// TestHotPathHelpersDoNotAllocate: the claim route's path match and
+// client-IP resolution for a direct peer. (Behind a trusted proxy each X-Forwarded-For hop parsed costs
 // one allocation: netip.ParseAddr keeps its input for error messages.)
 func TestHotPathHelpersDoNotAllocate(t *testing.T) {
 	g := fuzzGateway(t, "jwt")
 	path := []byte("/v1/campaigns/d11/claim")
 	xff := [][]byte{[]byte("203.0.113.5, 10.2.2.2")}
 	peer := net.IPv4(198, 51, 100, 7) // untrusted: its header is not read
+	route := claimRoute(t)
 	var sink int
 	n := testing.AllocsPerRun(200, func() {
-		id, _ := parseClaimPath(path)
+		var params [routeParamsMax][]byte
+		route.match(path, &params)
 		a, _ := clientIPFromSlice(peer.To4(), xff, g.proxies)
-		sink += len(id) + a.BitLen()
+		sink += len(params[0]) + a.BitLen()
 	})
 	if n != 0 {
 		t.Fatalf("%.1f allocations per parse", n)

@@ -40,12 +40,16 @@ type Registry struct {
 	// the watch ends when it reports false, and is set up again (a full
 	// resync) once NATS answers.
 	Connected func() bool
+	// Clock, when set before Run, is the time the watch's loss is stamped
+	// with: the gateway's clock, which StaleFor's callers read too.
+	// Default time.Now.
+	Clock func() time.Time
 
 	kv     jetstream.KeyValue
 	log    *slog.Logger
 	snap   atomic.Pointer[map[string]*Campaign]
 	synced atomic.Bool // initial values loaded and watcher alive
-	// downSince is when the watch was last lost (unix nanos; 0 while live).
+	// downSince is when the watch was last lost (Clock's unix nanos; 0 while live).
 	downSince atomic.Int64
 	once      sync.Once
 	ready     chan struct{}
@@ -64,7 +68,7 @@ func OpenRegistry(ctx context.Context, js jetstream.JetStream, replicas int, log
 	if err != nil {
 		return nil, fmt.Errorf("campaign: kv bucket: %w", err)
 	}
-	r := &Registry{kv: kv, log: log, ready: make(chan struct{})}
+	r := &Registry{kv: kv, log: log, ready: make(chan struct{}), Clock: time.Now}
 	empty := map[string]*Campaign{}
 	r.snap.Store(&empty)
 	return r, nil
@@ -156,10 +160,11 @@ func (r *Registry) apply(m map[string]*Campaign, e jetstream.KeyValueEntry) {
 
 func (r *Registry) publish(m map[string]*Campaign) { r.snap.Store(&m) }
 
-// markDown records that the watch is not live, from now unless it already was not.
+// markDown records that the watch is not live, from now (Clock) unless it
+// already was not.
 func (r *Registry) markDown() {
 	r.synced.Store(false)
-	r.downSince.CompareAndSwap(0, time.Now().UnixNano())
+	r.downSince.CompareAndSwap(0, r.Clock().UnixNano())
 }
 
 // WaitReady blocks until the initial values are loaded or ctx ends.

@@ -1,6 +1,6 @@
 // Package status is the one table of client-visible claim outcomes: status
 // string ↔ HTTP code ↔ metric label. The handler, the bench harness, the
-// docs and the tests all read it from here (DESIGN §3).
+// docs (docs/design.md, the OpenAPI document) and the tests all read it from here.
 package status
 
 // Status is a claim outcome.

@@ -4,7 +4,7 @@ import "github.com/redis/rueidis"
 
 // Reply status codes shared by the scripts. A reply is always an array whose
 // first element is one of these, so "sold out" is never confused with "0
-// remaining" (DESIGN §8).
+// remaining" (docs/formats.md lists every reply).
 const (
 	replyGranted     = 1 // {1, grantID, remainingOnShard}
 	replyAlready     = 2 // {2, {grantIDs...}}

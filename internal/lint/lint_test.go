@@ -92,7 +92,7 @@ func moduleImports(t *testing.T) map[string][]string {
 var sqlDrivers = []string{"database/sql", "github.com/jackc/", "modernc.org/sqlite"}
 
 // TestPipelineBoundaries: the relay owns the stream message and links no
-// store or SQL driver; the stock and campaign packages serve no HTTP; only
+// store or SQL driver; the stock, campaign and risk packages serve no HTTP; only
 // cmd wires the sink (the in-process test stack, which wires it as cmd
 // does, excepted).
 func TestPipelineBoundaries(t *testing.T) {
@@ -105,6 +105,7 @@ func TestPipelineBoundaries(t *testing.T) {
 		{mod + "ledger/relay", append([]string{mod + "ledger/store", mod + "ledger/sink"}, sqlDrivers...), "the relay owns its wire message and never touches SQL"},
 		{mod + "gateway/stock", []string{"github.com/valyala/fasthttp"}, "the Redis stock layer serves no HTTP"},
 		{mod + "gateway/campaign", []string{"github.com/valyala/fasthttp"}, "campaign definitions and their registry serve no HTTP"},
+		{mod + "gateway/risk", []string{"github.com/valyala/fasthttp"}, "risk control serves no HTTP: its admin handlers are package gateway's"},
 	}
 	for _, r := range rules {
 		for _, d := range deps(t, r.pkg) {
