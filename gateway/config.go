@@ -356,6 +356,9 @@ func envOverrides(environ []string) (map[string]any, error) {
 }
 
 // Validate reports every invalid key at once.
+//
+// long: one flat check per key, in the order of the Config struct, so the
+// whole list of rules reads in one place; split, it would scatter it.
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(key, format string, args ...any) {

@@ -216,6 +216,10 @@ func chooseGiven(ps []*prepared, chosen []string, reasons []Reason, e *evaluator
 
 // build applies combo (in application order) once more, recording every
 // share, and checks the invariants of the result.
+//
+// long: one pass that fills the lines, stores and coupons of the answer
+// together and asserts their sums at the end; split, each part would need
+// the others' running totals.
 func build(ct *cart, e *evaluator, combo []*prepared, ps []*prepared, reasons []Reason) *Quotation {
 	o := ct.o
 	q := &Quotation{

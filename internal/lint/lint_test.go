@@ -5,6 +5,7 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"io/fs"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -182,5 +183,39 @@ func TestCheckoutIsPure(t *testing.T) {
 			}
 			return true
 		})
+	}
+}
+
+// funcLinesMax is the longest function the gateway packages hold without a
+// reason: long enough for a step, short enough to see whole.
+const funcLinesMax = 80
+
+// TestGatewayFunctionsShort fails on a function of gateway/ (or a package
+// under it) longer than funcLinesMax lines unless its doc comment says why,
+// on a line starting "long:".
+func TestGatewayFunctionsShort(t *testing.T) {
+	fset := token.NewFileSet()
+	err := filepath.WalkDir("../../gateway", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return err
+		}
+		f, err := parser.ParseFile(fset, path, nil, parser.ParseComments)
+		if err != nil {
+			return err
+		}
+		for _, decl := range f.Decls {
+			fd, ok := decl.(*ast.FuncDecl)
+			if !ok || fd.Body == nil {
+				continue
+			}
+			n := fset.Position(fd.End()).Line - fset.Position(fd.Pos()).Line + 1
+			if n > funcLinesMax && !strings.Contains(fd.Doc.Text(), "\nlong: ") && !strings.HasPrefix(fd.Doc.Text(), "long: ") {
+				t.Errorf("%s: %s is %d lines (max %d): split it, or say why on a \"long:\" line of its comment", path, fd.Name.Name, n, funcLinesMax)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
