@@ -46,6 +46,8 @@ fuzz: ## 30 s of every fuzzer
 	$(GO) test ./gateway -run '^$$' -fuzz FuzzClientIP -fuzztime 30s
 	$(GO) test ./ledger/sink -run '^$$' -fuzz FuzzDecode -fuzztime 30s
 	$(GO) test ./ledger/relay -run '^$$' -fuzz FuzzDecode -fuzztime 30s
+	$(GO) test ./gateway/checkout -run '^$$' -fuzz FuzzQuote -fuzztime 30s
+	$(GO) test ./gateway/checkout -run '^$$' -fuzz FuzzApportion -fuzztime 30s
 
 # Go benchmark of the claim handler (in-memory listener, real Redis, real ledger).
 bench-claim: ## Go benchmark of the claim handler
