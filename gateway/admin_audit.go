@@ -7,6 +7,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/flashgate/flashgate/gateway/audit"
+	"github.com/flashgate/flashgate/internal/wait"
 	"github.com/flashgate/flashgate/ledger"
 )
 
@@ -50,15 +51,14 @@ func (g *Gateway) AuditLedgers(ctx context.Context, others []*ledger.Ledger) (au
 	return audit.Run(ctx, src)
 }
 
-// AuditSettled runs Audit until it finds no violation or wait ends (the
+// AuditSettled runs Audit until it finds no violation or timeout ends (the
 // pipeline drains for a moment after a load), returning the last report.
-func (g *Gateway) AuditSettled(ctx context.Context, wait time.Duration) (audit.Report, error) {
-	deadline := time.Now().Add(wait)
-	for {
-		rep, err := g.Audit(ctx)
-		if err == nil && rep.Violations == 0 || time.Now().After(deadline) || ctx.Err() != nil {
-			return rep, err
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+func (g *Gateway) AuditSettled(ctx context.Context, timeout time.Duration) (audit.Report, error) {
+	var rep audit.Report
+	var err error
+	wait.Until(ctx, timeout, func() bool {
+		rep, err = g.Audit(ctx)
+		return err == nil && rep.Violations == 0
+	})
+	return rep, err
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/flashgate/flashgate/internal/wait"
 )
 
 // MintHS256 returns an HS256 token for sub, expiring after ttl (development
@@ -47,17 +49,16 @@ func SetUpDemo(ctx context.Context, cfg Config, publicAddr, adminAddr string, ou
 		return fmt.Errorf("demo needs an admin token and auth.hs256_secret in the config")
 	}
 	hc := &http.Client{Timeout: 5 * time.Second}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+	ready := wait.Until(ctx, 30*time.Second, func() bool {
 		resp, err := hc.Get("http://" + adminAddr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
+		if err != nil {
+			return false
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("gateway not ready after 30s (is redis running?)")
-		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	if !ready {
+		return fmt.Errorf("gateway not ready after 30s (is redis running?)")
 	}
 	id, note, err := createDemo(ctx, hc, adminAddr, adminToken)
 	if err != nil {
