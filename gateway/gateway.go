@@ -26,7 +26,9 @@
 //	tokencache.go       verified end-user tokens
 //	claim.go            POST /v1/campaigns/{campaign}/claim
 //	codeguess.go        the claim's limit on wrong redemption codes
-//	coupons.go          GET /v1/me/coupons
+//	coupons.go          GET /v1/me/coupons: the wallet, each grant with its state and coupon
+//	orders.go           checkout: POST /v1/checkout/quote, /v1/checkout/redeem, /v1/orders/{order_id}/…
+//	couponevents.go     checkout's coupon events (outbox → COUPON_EVENTS), lock and expiring sweepers
 //	risk.go             risk rules, limits, alerts, webhook, risk audit log
 //	settle.go           grants decided in Redis that their handler did not make durable
 //	allot.go            committed campaign units onto the shards
@@ -142,6 +144,7 @@ type Gateway struct {
 	settled   atomic.Bool        // the first settlement pass succeeded: claims may be taken
 	soldOut   sync.Map           // campaign id -> *atomic.Int64 (unix nanos until which sold_out is answered locally)
 	allot     allotState         // units of committed definitions onto the shards (allot.go)
+	co        checkoutState      // coupon use: events, sweepers, counters (couponevents.go)
 	// ledgerRecoverErr is the last failed recovery attempt of a failed
 	// ledger (readiness), nil while healthy.
 	ledgerRecoverErr atomic.Pointer[string]
@@ -219,6 +222,10 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 		}
 	}
 	if err := g.openPipeline(ctx); err != nil {
+		g.Close()
+		return nil, err
+	}
+	if err := g.openCheckout(ctx); err != nil {
 		g.Close()
 		return nil, err
 	}
@@ -334,6 +341,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if g.sink != nil {
 		loops = append(loops, g.sink.Run)
 	}
+	loops = append(loops, g.checkoutLoops()...)
 	for _, f := range loops {
 		wg.Add(1)
 		go func() { defer wg.Done(); f(bg) }()
