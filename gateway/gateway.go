@@ -55,7 +55,8 @@
 // unsettled grants (settle.go), the ledger supervisor that re-opens a ledger
 // whose disk failed (ledgerdisk.go), the relay (ledger → JetStream), the
 // reconciler and, when embedded, the sink (JetStream → SQL store; package
-// ledger/sink, wired by cmd through WithSink) — pipeline.go. The audit
+// ledger/sink, wired by cmd through WithSink) — pipeline.go; checkout's lock
+// and expiring sweeper and coupon-event publisher — couponevents.go. The audit
 // (GET /admin/v1/audit) is package audit, fed this gateway's ledger, relay
 // cursor, Redis, campaigns and store. Handler goroutines share only the registry snapshot (atomic
 // pointer), the sold-out flags and stats counters (atomics), the ledger and
