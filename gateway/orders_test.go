@@ -287,6 +287,14 @@ func TestCheckoutWalkThrough(t *testing.T) {
 	if code, _, _ := s.Checkout("POST", "/v1/orders/order-1/confirm", "someone-else", ""); code != 404 {
 		t.Fatalf("another user's order: HTTP %d", code)
 	}
+	// A coupon that does not apply refuses the redeem, with its reason.
+	cheap := fmt.Sprintf(`{"order_id":"cheap","items":[{"sku":"gum","store_id":"s1","unit_price":100,"quantity":1}],"grant_ids":[%q]}`, vip)
+	if code, b, _ := s.Checkout("POST", "/v1/checkout/redeem", "buyer", cheap); code != 409 || !strings.Contains(string(b), `"not_applicable"`) || !strings.Contains(string(b), `"reason":"below_threshold"`) {
+		t.Fatalf("a $1 voucher on a $1 order: HTTP %d %s", code, b)
+	}
+	if st := walletStates(t, s, "buyer"); st[vip] != "unused/" {
+		t.Fatalf("a refused redeem locked %s: %v", vip, st)
+	}
 	if n := len(wallet(t, s, "buyer", "used").Grants); n != 3 {
 		t.Fatalf("%d used grants", n)
 	}
@@ -569,7 +577,7 @@ func TestCheckoutClaimThenQuoteImmediately(t *testing.T) {
 				time.Sleep(5 * time.Millisecond)
 			}
 		}
-		t.Logf("%d quotes stored at once, %d answers not_yet_stored", stored, lagged)
+		t.Logf("%d claims quoted: 200 once stored, after %d not_yet_stored answers in all", stored, lagged)
 		if code, b, _ := s.AsUser("POST", "/v1/checkout/quote", "quick-0", fmt.Sprintf(`{%s,"grant_ids":["0000000000000000deadbeefdeadbeef"]}`, twoStores)); code != 404 || !strings.Contains(string(b), `"not_found"`) {
 			t.Fatalf("unknown grant: HTTP %d %s", code, b)
 		}
