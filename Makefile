@@ -44,6 +44,7 @@ fuzz: ## 30 s of every fuzzer
 	$(GO) test ./gateway -run '^$$' -fuzz FuzzParseClaim -fuzztime 30s
 	$(GO) test ./gateway -run '^$$' -fuzz FuzzVerifyToken -fuzztime 30s
 	$(GO) test ./gateway -run '^$$' -fuzz FuzzClientIP -fuzztime 30s
+	$(GO) test ./gateway -run '^$$' -fuzz FuzzParseCheckoutBodies -fuzztime 30s
 	$(GO) test ./ledger/sink -run '^$$' -fuzz FuzzDecode -fuzztime 30s
 	$(GO) test ./ledger/relay -run '^$$' -fuzz FuzzDecode -fuzztime 30s
 	$(GO) test ./gateway/checkout -run '^$$' -fuzz FuzzQuote -fuzztime 30s

@@ -14,6 +14,7 @@ import (
 	"github.com/flashgate/flashgate/gateway/status"
 	"github.com/flashgate/flashgate/gateway/stock"
 	"github.com/flashgate/flashgate/internal/wait"
+	"github.com/flashgate/flashgate/ledger/store"
 )
 
 // The campaigns resource: /admin/v1/campaigns and /admin/v1/campaigns/{id}
@@ -121,7 +122,13 @@ func (g *Gateway) adminGetCampaign(ctx *fasthttp.RequestCtx, id string) {
 		adminError(ctx, fasthttp.StatusServiceUnavailable, "unavailable", err.Error())
 		return
 	}
-	adminJSON(ctx, fasthttp.StatusOK, g.campaignView(rctx, c, true))
+	v := g.campaignView(rctx, c, true)
+	if u, err := g.campaignUsage(rctx, id); err == nil { // coupon use (couponevents.go)
+		v.Stats.Usage = u
+	} else if v.Stats.Error == "" {
+		v.Stats.Error = err.Error()
+	}
+	adminJSON(ctx, fasthttp.StatusOK, v)
 }
 
 // adminPatchCampaign serves PATCH /admin/v1/campaigns/{id}.
@@ -248,6 +255,9 @@ type campaignStats struct {
 	Attempts        int64            `json:"attempts"`
 	Rejected        map[string]int64 `json:"rejected"`
 	Error           string           `json:"error,omitempty"`
+	// Usage is the coupons' use at checkout, from the store (GET of one
+	// campaign only): used, usage_rate, discount_total, … and a daily trend.
+	Usage *store.Usage `json:"usage,omitempty"`
 }
 
 // campaignView builds a campaign's view; withStats reads Redis, the store

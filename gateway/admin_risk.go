@@ -87,7 +87,7 @@ func (g *Gateway) riskAudit(ctx *fasthttp.RequestCtx) {
 // putRules serves PUT /admin/v1/risk/rules.
 func (g *Gateway) putRules(ctx *fasthttp.RequestCtx, rctx context.Context, actor string, _ *request) {
 	var r antifraud.Rules
-	if !decodeStrict(ctx, &r) {
+	if !decodeAdminStrict(ctx, &r) {
 		return
 	}
 	if err := r.Validate(); err != nil {
@@ -128,7 +128,7 @@ func (g *Gateway) writeBlacklist(ctx *fasthttp.RequestCtx, rctx context.Context,
 		return
 	}
 	var body blacklistBody
-	if !decodeStrict(ctx, &body) {
+	if !decodeAdminStrict(ctx, &body) {
 		return
 	}
 	if strings.TrimSpace(body.Reason) == "" || len(body.Reason) > blacklistReasonLenMax {
@@ -150,9 +150,9 @@ func (g *Gateway) writeBlacklist(ctx *fasthttp.RequestCtx, rctx context.Context,
 	adminJSON(ctx, fasthttp.StatusOK, e)
 }
 
-// decodeStrict decodes the request body into v, refusing unknown fields;
+// decodeAdminStrict decodes the request body into v, refusing unknown fields;
 // false when it answered 400.
-func decodeStrict(ctx *fasthttp.RequestCtx, v any) bool {
+func decodeAdminStrict(ctx *fasthttp.RequestCtx, v any) bool {
 	dec := json.NewDecoder(bytes.NewReader(ctx.Request.Body()))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

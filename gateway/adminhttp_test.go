@@ -25,6 +25,7 @@ func call(t *testing.T, s *stack.Stack, method, url, authz string, body []byte) 
 		req.Header.Set("Authorization", authz)
 	}
 	req.Header.Set("X-Device-ID", "walk-device")
+	req.Header.Set("X-User-ID", "walk-user") // read only with a checkout token
 	resp, err := s.HTTP.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)

@@ -20,9 +20,10 @@ const (
 	webhookSecret = "webhook-secret-0123456789"
 )
 
-// roleTokens adds a risk and a viewer token to the stack's admin token.
+// roleTokens adds a risk and a viewer token to the stack's admin and
+// checkout tokens.
 func roleTokens(c *gateway.Config) {
-	c.Admin.Tokens = map[string]string{stack.AdminToken: "admin", riskToken: "risk", viewerToken: "viewer"}
+	c.Admin.Tokens = map[string]string{stack.AdminToken: "admin", riskToken: "risk", viewerToken: "viewer", stack.CheckoutToken: "checkout"}
 }
 
 // codeCampaign creates code campaign id with n codes, claims the first one,

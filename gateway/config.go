@@ -40,6 +40,18 @@ type Config struct {
 	Shutdown ShutdownConfig `koanf:"shutdown"` // SIGTERM: not ready → drain delay → finish in-flight → exit
 
 	Metrics MetricsConfig `koanf:"metrics"` // where /metrics is served
+
+	Checkout CheckoutConfig `koanf:"checkout"` // coupon use after the grab (checkout.go)
+}
+
+// CheckoutConfig is the coupon-use half (issue 13).
+type CheckoutConfig struct {
+	// LockTTL is how long a redeem's lock on coupons waits for confirm or
+	// cancel; then the coupons are free again and the order expires.
+	LockTTL time.Duration `koanf:"lock_ttl"`
+	// SweepInterval is how often expired locks are released and expiring
+	// notices recorded (each pass bounded), and unpublished events retried.
+	SweepInterval time.Duration `koanf:"sweep_interval"`
 }
 
 type MetricsConfig struct {
@@ -105,7 +117,7 @@ type AuthConfig struct {
 }
 
 type AdminConfig struct {
-	Tokens map[string]string `koanf:"tokens"` // token -> role (admin | risk | viewer)
+	Tokens map[string]string `koanf:"tokens"` // token -> role (admin | risk | viewer | checkout)
 	// Pprof serves /debug/pprof/ on the admin listener (role admin).
 	Pprof bool `koanf:"pprof"`
 }
@@ -183,6 +195,7 @@ func DefaultConfig() Config {
 		// terminationGracePeriodSeconds.
 		Shutdown: ShutdownConfig{DrainDelay: 5 * time.Second, Timeout: 30 * time.Second},
 		Log:      LogConfig{Level: "info"},
+		Checkout: CheckoutConfig{LockTTL: 15 * time.Minute, SweepInterval: time.Second},
 	}
 }
 
@@ -317,7 +330,7 @@ func init() {
 		"admin.tokens", "admin.pprof", "store.driver", "store.dsn", "claim.timeout", "claim.idempotency_ttl", "ledger.sync_interval_min",
 		"http.read_timeout", "http.write_timeout", "http.idle_timeout", "http.concurrency",
 		"http.max_conns_per_ip", "http.drain_timeout", "log.level", "metrics.public",
-		"shutdown.drain_delay", "shutdown.timeout",
+		"shutdown.drain_delay", "shutdown.timeout", "checkout.lock_ttl", "checkout.sweep_interval",
 	} {
 		envKeys["FLASHGATE_"+strings.ToUpper(strings.ReplaceAll(key, ".", "_"))] = key
 	}
@@ -454,7 +467,7 @@ func (c *Config) Validate() error {
 			bad("admin.tokens", "token %q… is shorter than 16 characters", tok[:min(4, len(tok))])
 		}
 		if _, ok := adminRoles[role]; !ok {
-			bad("admin.tokens", "role %q must be admin, risk or viewer", role)
+			bad("admin.tokens", "role %q must be admin, risk, viewer or checkout", role)
 		}
 	}
 	switch c.Store.Driver {
@@ -493,6 +506,12 @@ func (c *Config) Validate() error {
 		bad("shutdown.timeout", "must be 1s..10m")
 	} else if c.Shutdown.Timeout < c.Shutdown.DrainDelay+time.Second {
 		bad("shutdown.timeout", "must be at least shutdown.drain_delay + 1s (in-flight requests and the last settlement need time after the delay)")
+	}
+	if c.Checkout.LockTTL < time.Minute || c.Checkout.LockTTL > 24*time.Hour {
+		bad("checkout.lock_ttl", "must be 1m..24h")
+	}
+	if c.Checkout.SweepInterval < 10*time.Millisecond || c.Checkout.SweepInterval > time.Hour {
+		bad("checkout.sweep_interval", "must be 10ms..1h")
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

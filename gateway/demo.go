@@ -39,10 +39,13 @@ func MintHS256For(secret, sub, issuer, audience string, ttl time.Duration) (stri
 // SetUpDemo waits for the gateway to be ready, creates the demo campaign
 // through the admin API (skipped if it exists) and prints how to claim.
 func SetUpDemo(ctx context.Context, cfg Config, publicAddr, adminAddr string, out io.Writer) error {
-	var adminToken string
+	var adminToken, checkoutToken string
 	for tok, r := range cfg.Admin.Tokens {
-		if r == "admin" {
+		switch r {
+		case "admin":
 			adminToken = tok
+		case "checkout":
+			checkoutToken = tok
 		}
 	}
 	if adminToken == "" || cfg.Auth.HS256Secret == "" {
@@ -79,10 +82,27 @@ flashgate is running: public http://%[1]s  admin http://%[2]s
 Its live figures:
 
   curl -s -H 'Authorization: Bearer %[4]s' http://%[2]s/admin/v1/campaigns/%[6]s
-
+%[7]s
 Ctrl-C stops the gateway.
-`, publicAddr, adminAddr, tok, adminToken, note, id)
+`, publicAddr, adminAddr, tok, adminToken, note, id, demoCheckout(publicAddr, tok, checkoutToken))
 	return nil
+}
+
+// demoCheckout is the demo's next step, using the coupon (README, "Using a
+// coupon"), when a checkout token is configured.
+func demoCheckout(publicAddr, userToken, checkoutToken string) string {
+	if checkoutToken == "" {
+		return ""
+	}
+	return fmt.Sprintf(`
+Price an order with it (the user's token), then the order service (role checkout) locks and uses it:
+
+  curl -s -X POST http://%[1]s/v1/checkout/quote -H 'Authorization: Bearer %[2]s' \
+    -d '{"items":[{"sku":"tea-1","store_id":"s1","unit_price":1800,"quantity":2}]}'
+  curl -s -X POST http://%[1]s/v1/checkout/redeem -H 'Authorization: Bearer %[3]s' -H 'X-User-ID: demo-user-1' \
+    -d '{"order_id":"o-1","items":[{"sku":"tea-1","store_id":"s1","unit_price":1800,"quantity":2}],"grant_ids":["<grant_id>"]}'
+  curl -s -X POST http://%[1]s/v1/orders/o-1/confirm -H 'Authorization: Bearer %[3]s' -H 'X-User-ID: demo-user-1'
+`, publicAddr, userToken, checkoutToken)
 }
 
 // demoIDsMax bounds the ids tried for the demo campaign.

@@ -32,7 +32,9 @@
 //	tokencache.go       verified end-user tokens
 //	claim.go            POST /v1/campaigns/{campaign}/claim
 //	codeguess.go        the claim's limit on wrong redemption codes
-//	coupons.go          GET /v1/me/coupons
+//	coupons.go          GET /v1/me/coupons: the wallet, each grant with its state and coupon
+//	orders.go           checkout: POST /v1/checkout/quote, /v1/checkout/redeem, /v1/orders/{order_id}/…
+//	couponevents.go     checkout's coupon events (outbox → COUPON_EVENTS), lock and expiring sweepers
 //	settle.go           grants decided in Redis that their handler did not make durable
 //	allot.go            committed campaign units onto the shards
 //	stats.go            claim counters and trend per campaign (Redis)
@@ -60,9 +62,10 @@
 // (which also feeds the low-stock alerts), the allotment loop (allot.go),
 // the settler and the marker of unsettled grants (settle.go), the relay
 // (ledger → JetStream), the reconciler and the snapshot saver
-// (pipeline.go), the ledger supervisor (ledgerdisk.go) and, when embedded,
-// the sink (JetStream → SQL store; package ledger/sink, wired by cmd
-// through WithSink). The two fasthttp servers end when the stop closes
+// (pipeline.go), the ledger supervisor (ledgerdisk.go), checkout's lock
+// and expiring sweepers and coupon-event publisher (couponevents.go) and,
+// when embedded, the sink (JetStream → SQL store; package ledger/sink,
+// wired by cmd through WithSink). The two fasthttp servers end when the stop closes
 // their listeners. Handler goroutines share the registry snapshot (atomic
 // pointer), the risk state (package risk), the sold-out flags, stats
 // counters and metrics (atomics), the marks queue of settled grants (a
@@ -154,6 +157,7 @@ type Gateway struct {
 	settled   atomic.Bool        // the first settlement pass succeeded: claims may be taken
 	soldOut   sync.Map           // campaign id -> *atomic.Int64 (unix nanos until which sold_out is answered locally)
 	allot     allotState         // units of committed definitions onto the shards (allot.go)
+	co        checkoutState      // coupon use: events, sweepers, counters (couponevents.go)
 	// ledgerRecoverErr is the last failed recovery attempt of a failed
 	// ledger (readiness), nil while healthy.
 	ledgerRecoverErr atomic.Pointer[string]
@@ -232,6 +236,10 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Gateway, error) {
 		}
 	}
 	if err := g.openPipeline(ctx); err != nil {
+		g.Close()
+		return nil, err
+	}
+	if err := g.openCheckout(ctx); err != nil {
 		g.Close()
 		return nil, err
 	}
@@ -348,6 +356,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if g.sink != nil {
 		loops = append(loops, g.sink.Run)
 	}
+	loops = append(loops, g.checkoutLoops()...)
 	for _, f := range loops {
 		wg.Add(1)
 		go func() { defer wg.Done(); f(bg) }()

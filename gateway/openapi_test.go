@@ -61,15 +61,20 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 		if err := json.Unmarshal(doc.Paths[path][strings.ToLower(method)], &meta); err != nil {
 			t.Fatalf("%s: %v", op, err)
 		}
-		scheme := ""
+		var schemes []string
 		for _, sec := range meta.Security {
 			for name := range sec {
-				scheme = name
+				schemes = append(schemes, name)
 			}
 		}
-		wantScheme := map[gateway.Role]string{gateway.RoleNone: "", gateway.RoleUser: "userToken"}[r.Role]
-		if r.Role >= gateway.RoleViewer {
+		sort.Strings(schemes)
+		scheme := strings.Join(schemes, " ")
+		wantScheme := map[gateway.Role]string{gateway.RoleNone: "", gateway.RoleUser: "userToken", gateway.RoleCheckout: "checkoutToken"}[r.Role]
+		if r.Role.AdminRole() {
 			wantScheme = "adminToken"
+		}
+		if r.Checkout {
+			wantScheme = "checkoutToken userToken"
 		}
 		if meta.Role != r.Role.String() || scheme != wantScheme {
 			t.Errorf("%s is documented with x-role %q and security %q; the route table says role %s (security %q)", op, meta.Role, scheme, r.Role, wantScheme)

@@ -44,9 +44,15 @@ const (
 	// RoleAdmin also creates and changes campaigns and handles redemption
 	// codes (generating and exporting them: codes are secrets).
 	RoleAdmin
+	// RoleCheckout is a service's token (admin.tokens, role checkout) for
+	// the order service's server-to-server calls on the public listener:
+	// it names the user in X-User-ID (accepted only with this role). It is
+	// outside the admin order: it may do nothing an admin role may, and no
+	// admin role may do what it does (checkoutCaller, checkout.go).
+	RoleCheckout
 )
 
-var roleNames = [...]string{RoleNone: "none", RoleUser: "user", RoleViewer: "viewer", RoleRisk: "risk", RoleAdmin: "admin"}
+var roleNames = [...]string{RoleNone: "none", RoleUser: "user", RoleViewer: "viewer", RoleRisk: "risk", RoleAdmin: "admin", RoleCheckout: "checkout"}
 
 // String is the role's name in admin.tokens and in the docs.
 func (r Role) String() string {
@@ -56,8 +62,12 @@ func (r Role) String() string {
 	return fmt.Sprintf("Role(%d)", uint8(r))
 }
 
+// AdminRole reports whether r is one of the ordered admin roles (viewer <
+// risk < admin), whose routes are on the admin listener.
+func (r Role) AdminRole() bool { return r >= RoleViewer && r <= RoleAdmin }
+
 // adminRoles maps admin.tokens role names to roles.
-var adminRoles = map[string]Role{"viewer": RoleViewer, "risk": RoleRisk, "admin": RoleAdmin}
+var adminRoles = map[string]Role{"viewer": RoleViewer, "risk": RoleRisk, "admin": RoleAdmin, "checkout": RoleCheckout}
 
 // routeParamsMax bounds the parameters of one path template
 // ({kind}/{value} is the most).
@@ -69,6 +79,7 @@ type request struct {
 	params [routeParamsMax][]byte // slices of ctx.Path(): valid during the handler only
 	role   Role
 	digest tokenDigest
+	user   string // checkout routes: the authenticated user (checkoutCaller)
 }
 
 func (rq *request) param(i int) string { return string(rq.params[i]) }
@@ -84,6 +95,10 @@ type Route struct {
 	// Option, when set, names the boolean config key without which the
 	// route is not served (404): admin.pprof, metrics.public.
 	Option string
+	// Checkout: a RoleUser route that also takes a checkout service token
+	// naming the user; the router authenticates the caller (a RoleCheckout
+	// route always does).
+	Checkout bool
 
 	rest  bool     // the last parameter takes the rest of the path
 	segs  []string // Path split at "/", without the leading ""
@@ -107,7 +122,12 @@ func (r *Route) Enabled(cfg *Config) bool {
 // first: it is the hot path.
 var routeTable = []Route{
 	{Method: "POST", Path: "/v1/campaigns/{campaign}/claim", Role: RoleUser, serve: func(g *Gateway, ctx *fasthttp.RequestCtx, rq *request) { g.handleClaim(ctx, rq.params[0]) }},
-	{Method: "GET", Path: "/v1/me/coupons", Role: RoleUser, serve: func(g *Gateway, ctx *fasthttp.RequestCtx, _ *request) { g.handleMyCoupons(ctx) }},
+	{Method: "GET", Path: "/v1/me/coupons", Role: RoleUser, Checkout: true, serve: func(g *Gateway, ctx *fasthttp.RequestCtx, rq *request) { g.handleMyCoupons(ctx, rq.user) }},
+	{Method: "POST", Path: "/v1/checkout/quote", Role: RoleUser, Checkout: true, serve: func(g *Gateway, ctx *fasthttp.RequestCtx, rq *request) { g.handleQuote(ctx, rq.user) }},
+	{Method: "POST", Path: "/v1/checkout/redeem", Role: RoleCheckout, serve: func(g *Gateway, ctx *fasthttp.RequestCtx, rq *request) { g.handleRedeem(ctx, rq.user) }},
+	{Method: "POST", Path: "/v1/orders/{order_id}/confirm", Role: RoleCheckout, serve: orderStep((*Gateway).handleConfirm)},
+	{Method: "POST", Path: "/v1/orders/{order_id}/cancel", Role: RoleCheckout, serve: orderStep((*Gateway).handleCancel)},
+	{Method: "POST", Path: "/v1/orders/{order_id}/refund", Role: RoleCheckout, serve: orderStep((*Gateway).handleRefund)},
 	{Method: "GET", Path: "/healthz", serve: serveHealthz},
 	{Method: "GET", Path: "/readyz", serve: serveReadyz},
 	{Method: "GET", Path: "/metrics", Option: "metrics.public", serve: serveMetrics},
@@ -155,8 +175,9 @@ func init() {
 		if n > routeParamsMax || (r.rest && (n == 0 || !isParam(r.segs[len(r.segs)-1]))) {
 			panic("gateway: malformed route parameters in " + r.Path)
 		}
-		if (r.Role == RoleUser && r.Admin) || (r.Role >= RoleViewer && !r.Admin) {
-			panic("gateway: user routes belong on the public listener, admin roles on the admin one: " + r.Path)
+		public := r.Role == RoleUser || r.Role == RoleCheckout
+		if (public && r.Admin) || (r.Role.AdminRole() && !r.Admin) || (r.Checkout && r.Role != RoleUser) {
+			panic("gateway: user and checkout routes belong on the public listener, admin roles on the admin one: " + r.Path)
 		}
 		r.Enabled(&Config{}) // panics on an unknown option
 	}
@@ -251,15 +272,21 @@ func (rt *router) serve(ctx *fasthttp.RequestCtx) {
 		rt.notFound(ctx)
 		return
 	}
-	if found.Role >= RoleViewer {
+	switch {
+	case found.Role.AdminRole():
 		rq.role, rq.digest = rt.g.tokens.roleOf(bearerToken(ctx))
 		switch {
 		case rq.role == RoleNone:
 			adminError(ctx, fasthttp.StatusUnauthorized, "unauthenticated", "missing or unknown admin bearer token")
 			return
-		case rq.role < found.Role:
+		case !rq.role.AdminRole() || rq.role < found.Role:
 			adminError(ctx, fasthttp.StatusForbidden, "forbidden", "role "+found.Role.String()+" required")
 			return
+		}
+	case found.Role == RoleCheckout || found.Checkout:
+		var ok bool
+		if rq.user, ok = rt.g.checkoutCaller(ctx, found); !ok {
+			return // answered
 		}
 	}
 	found.serve(rt.g, ctx, &rq)

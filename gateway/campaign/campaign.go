@@ -32,6 +32,14 @@ const (
 	TiersMax = 20
 	// ValidityDaysMax bounds days_after_claim validity.
 	ValidityDaysMax = 3650
+	// AmountMax bounds every amount of a coupon (tier minimums and
+	// discounts, caps, face values, budgets): more than any order can reach,
+	// and what package checkout accepts.
+	AmountMax = 1 << 60
+	// PriorityMax bounds |priority|.
+	PriorityMax = 1_000_000
+	// ExpiringNoticeHoursMax bounds expiring_notice_hours (a year).
+	ExpiringNoticeHoursMax = 8760
 )
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
@@ -49,6 +57,11 @@ type Coupon struct {
 	SKU     string  `json:"sku,omitempty"`
 	Issuer  *Issuer `json:"issuer,omitempty"` // who pays for the discount (default platform)
 	Scope   *Scope  `json:"scope,omitempty"`  // what it applies to at checkout (default everything)
+	// ScopeMode says what the scope does at checkout: line (the default,
+	// also ""): lines outside it neither count nor get the discount;
+	// whole_order: an order with any line of the issuer's outside the scope
+	// cannot use the coupon at all.
+	ScopeMode string `json:"scope_mode,omitempty"`
 }
 
 // Issuer of a coupon: the platform, or one store.
@@ -145,6 +158,26 @@ type Campaign struct {
 	// definition alone decides whether a change applied.
 	Changes []string `json:"changes,omitempty"`
 
+	// Checkout rules (issue 13; package checkout applies them). Absent
+	// fields take the defaults, so definitions written before them read
+	// unchanged.
+	//
+	// Exclusive: the coupon combines with no other coupon at checkout.
+	Exclusive bool `json:"exclusive,omitempty"`
+	// Stackable (default true): false refuses the coupon on an order that
+	// declares other offers (a bundle promotion, …).
+	Stackable *bool `json:"stackable,omitempty"`
+	// Priority breaks ties between equally good combinations when the best
+	// one is chosen: higher first.
+	Priority int `json:"priority,omitempty"`
+	// OnRefund is what a full refund of the order does to the coupon:
+	// return (the default, also "": usable again if its validity has not
+	// ended) or keep (stays used).
+	OnRefund string `json:"on_refund,omitempty"`
+	// ExpiringNoticeHours > 0 publishes flashgate.coupons.expiring once per
+	// unused grant this many hours before its valid_until (0: none).
+	ExpiringNoticeHours int `json:"expiring_notice_hours,omitempty"`
+
 	// CouponJSON is Coupon encoded once when the definition is loaded, for
 	// the claim answer (the hot path does not marshal it per grant).
 	CouponJSON []byte `json:"-"`
@@ -215,6 +248,9 @@ func defaultShards(stock int64) int {
 }
 
 // Validate reports every invalid field at once, each error naming the field.
+//
+// long: one flat check per field, in the order of the definition, so every
+// rule a campaign must meet reads in one place.
 func (c *Campaign) Validate() error {
 	var errs []error
 	bad := func(field, format string, args ...any) {
@@ -276,6 +312,22 @@ func (c *Campaign) Validate() error {
 	default:
 		bad("audience.mode", "must be public, targeted or code")
 	}
+	if c.Priority < -PriorityMax || c.Priority > PriorityMax {
+		bad("priority", "must be -%d..%d", PriorityMax, PriorityMax)
+	}
+	switch c.OnRefund {
+	case "", "return", "keep":
+	default:
+		bad("on_refund", "must be return or keep")
+	}
+	if c.ExpiringNoticeHours < 0 || c.ExpiringNoticeHours > ExpiringNoticeHoursMax {
+		bad("expiring_notice_hours", "must be 0..%d", ExpiringNoticeHoursMax)
+	} else if c.ExpiringNoticeHours > 0 && c.Validity.Mode == "permanent" {
+		bad("expiring_notice_hours", "a permanent coupon never expires: needs validity fixed or days_after_claim")
+	}
+	if c.Budget > AmountMax {
+		bad("budget", "must be at most %d", int64(AmountMax))
+	}
 	if c.Budget < 0 {
 		bad("budget", "must not be negative")
 	} else if c.Budget > 0 {
@@ -329,8 +381,8 @@ func (cp *Coupon) validate(bad func(field, format string, args ...any)) {
 		}
 		for i, t := range cp.Tiers {
 			f := fmt.Sprintf("coupon.tiers[%d]", i)
-			if t.Min < 1 {
-				bad(f+".min", "must be positive")
+			if t.Min < 1 || t.Min > AmountMax {
+				bad(f+".min", "must be 1..%d", int64(AmountMax))
 			}
 			if t.Off < 1 {
 				bad(f+".off", "must be positive")
@@ -345,12 +397,12 @@ func (cp *Coupon) validate(bad func(field, format string, args ...any)) {
 		if cp.Percent < 1 || cp.Percent > 100 {
 			bad("coupon.percent", "must be 1..100")
 		}
-		if cp.MaxOff < 1 {
-			bad("coupon.max_off", "must be positive (the cap of a percent coupon)")
+		if cp.MaxOff < 1 || cp.MaxOff > AmountMax {
+			bad("coupon.max_off", "must be 1..%d (the cap of a percent coupon)", int64(AmountMax))
 		}
 	case "voucher":
-		if cp.Amount < 1 {
-			bad("coupon.amount", "must be positive")
+		if cp.Amount < 1 || cp.Amount > AmountMax {
+			bad("coupon.amount", "must be 1..%d", int64(AmountMax))
 		}
 	case "product":
 		if strings.TrimSpace(cp.SKU) == "" || len(cp.SKU) > 128 {
@@ -373,6 +425,11 @@ func (cp *Coupon) validate(bad func(field, format string, args ...any)) {
 		default:
 			bad("coupon.issuer.type", "must be platform or store")
 		}
+	}
+	switch cp.ScopeMode {
+	case "", "line", "whole_order":
+	default:
+		bad("coupon.scope_mode", "must be line or whole_order")
 	}
 	if sc := cp.Scope; sc != nil {
 		for name, list := range map[string][]string{"products": sc.Products, "categories": sc.Categories, "brands": sc.Brands} {

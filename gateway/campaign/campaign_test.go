@@ -1,7 +1,9 @@
 package campaign
 
 import (
+	"encoding/json"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -44,6 +46,13 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"store issuer without id", func(c *Campaign) { c.Coupon.Issuer = &Issuer{Type: "store"} }, []string{"coupon.issuer.store_id"}},
 		{"unknown issuer", func(c *Campaign) { c.Coupon.Issuer = &Issuer{Type: "bank"} }, []string{"coupon.issuer.type"}},
 		{"empty scope entry", func(c *Campaign) { c.Coupon.Scope = &Scope{Brands: []string{""}} }, []string{"coupon.scope.brands"}},
+		{"unknown scope mode", func(c *Campaign) { c.Coupon.ScopeMode = "basket" }, []string{"coupon.scope_mode"}},
+		{"unknown on_refund", func(c *Campaign) { c.OnRefund = "refund" }, []string{"on_refund"}},
+		{"priority too high", func(c *Campaign) { c.Priority = PriorityMax + 1 }, []string{"priority"}},
+		{"expiring notice on a permanent coupon", func(c *Campaign) { c.ExpiringNoticeHours = 24 }, []string{"expiring_notice_hours"}},
+		{"negative expiring notice", func(c *Campaign) { c.ExpiringNoticeHours = -1 }, []string{"expiring_notice_hours"}},
+		{"voucher beyond any order", func(c *Campaign) { c.Coupon = Coupon{Type: "voucher", Amount: AmountMax + 1} }, []string{"coupon.amount"}},
+		{"tier minimum beyond any order", func(c *Campaign) { c.Coupon.Tiers[0].Min = AmountMax + 1 }, []string{"coupon.tiers[0].min"}},
 		{"several at once", func(c *Campaign) { c.Name = ""; c.Stock = -1; c.Shards = 1; c.Coupon.Tiers[0].Min = 0 }, []string{"name", "stock", "coupon.tiers[0].min"}},
 	}
 	base := valid()
@@ -131,5 +140,38 @@ func TestUnitsAndPatch(t *testing.T) {
 	early := c.StartsAt.Add(-time.Hour)
 	if _, err := c.Apply(&Patch{EndsAt: &early}); err == nil || !slices.Contains(Fields(err), "ends_at") {
 		t.Fatalf("ends before starts: %v", err)
+	}
+}
+
+// TestCheckoutFields: the checkout rules are optional, validated, and
+// round-trip through the definition's JSON; absent ones read as defaults.
+func TestCheckoutFields(t *testing.T) {
+	c := valid()
+	no := false
+	c.Coupon.Scope = &Scope{Categories: []string{"tea"}}
+	c.Coupon.ScopeMode = "whole_order"
+	c.Exclusive, c.Stackable, c.Priority, c.OnRefund = true, &no, 7, "keep"
+	c.Validity = Validity{Mode: "days_after_claim", Days: 7}
+	c.ExpiringNoticeHours = 24
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(&c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Campaign
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.Coupon.ScopeMode != "whole_order" || !back.Exclusive || back.Stackable == nil || *back.Stackable || back.Priority != 7 || back.OnRefund != "keep" || back.ExpiringNoticeHours != 24 {
+		t.Fatalf("round trip: %s", b)
+	}
+	plain := valid()
+	b, _ = json.Marshal(&plain)
+	for _, f := range []string{"scope_mode", "exclusive", "stackable", "priority", "on_refund", "expiring_notice_hours"} {
+		if strings.Contains(string(b), f) {
+			t.Errorf("a definition without checkout rules writes %s: %s", f, b)
+		}
 	}
 }

@@ -116,7 +116,8 @@
 // and its campaign (gateway/campaign links NATS, which this package may
 // not): kind = coupon.type; tiers, percent, max_off, amount, sku as named;
 // store_id = coupon.issuer.store_id when issuer.type is store, else "";
-// scope = coupon.scope. scope_mode, exclusive, stackable (NotStackable =
-// stackable == false), priority and on_refund are campaign fields still to
-// be added; valid_from, valid_until and state come from the grant store.
+// scope = coupon.scope, scope_mode = coupon.scope_mode; exclusive,
+// stackable (NotStackable = stackable == false), priority and on_refund are
+// the campaign's (gateway/orders.go:couponOf); valid_from, valid_until and
+// state come from the grant store.
 package checkout

@@ -1,9 +1,11 @@
-// Package status is the one table of client-visible claim outcomes: status
-// string ↔ HTTP code ↔ metric label. The handler, the bench harness, the
-// docs (docs/design.md, the OpenAPI document) and the tests all read it from here.
+// Package status is the one table of client-visible outcomes of the public
+// API — claims, the wallet and checkout: status string ↔ HTTP code ↔ metric
+// label. The handlers, the bench harness, the docs and the tests all read
+// it from here. The checkout statuses (OK onwards) are appended
+// so that the claim statuses keep their values.
 package status
 
-// Status is a claim outcome.
+// Status is an outcome.
 type Status uint8
 
 const (
@@ -20,6 +22,15 @@ const (
 	Paused
 	RateLimited
 	Unavailable
+	// Checkout (issue 13): the wallet, quotes, redeem and order transitions.
+	OK
+	Forbidden
+	NotFound
+	CouponInUse
+	NotApplicable
+	OrderConflict
+	OrderState
+	NotYetStored
 	count
 )
 
@@ -46,6 +57,14 @@ var table = [count]row{
 	Paused:          {"paused", 409, "paused by an operator"},
 	RateLimited:     {"rate_limited", 429, "Retry-After header; body says which limit"},
 	Unavailable:     {"unavailable", 503, "a dependency is down; Retry-After. Nothing was acknowledged: retry with the same Idempotency-Key for the real outcome (a grant made meanwhile is settled and shows in /v1/me/coupons)"},
+	OK:              {"ok", 200, "a wallet, quote or order answer"},
+	Forbidden:       {"forbidden", 403, "a valid token without the role: redeem, confirm, cancel and refund need a checkout service token"},
+	NotFound:        {"not_found", 404, "no such order of this user, or a grant id this user does not hold (body lists grant_ids)"},
+	CouponInUse:     {"coupon_in_use", 409, "a chosen coupon is locked or used by another order (body lists grant_ids); nothing was locked"},
+	NotApplicable:   {"not_applicable", 409, "a chosen coupon cannot be used on this order (body lists each with its reason); nothing was locked"},
+	OrderConflict:   {"order_conflict", 409, "this order_id (or refund_id) was used before with another body or by another user"},
+	OrderState:      {"order_state", 409, "the order's state does not allow this step (body has state: e.g. confirm after cancel or after the lock expired)"},
+	NotYetStored:    {"not_yet_stored", 503, "the grant was made but is not in the grant store yet (pipeline lag): Retry-After; send the same request again"},
 }
 
 // All lists every status in table order.

@@ -30,6 +30,9 @@ import (
 const (
 	Secret     = "test-secret-0123456789-0123456789-abcdef"
 	AdminToken = "test-admin-token-0123456789"
+	// CheckoutToken is the order service's token (role checkout): it
+	// names the user in X-User-ID.
+	CheckoutToken = "test-checkout-token-0123456789"
 )
 
 // Stack is a running deployment.
@@ -77,7 +80,7 @@ func Start(t testing.TB, o Options) *Stack {
 	}
 	cfg.Redis.Addrs = []string{s.Redis.Addr()}
 	cfg.Auth.HS256Secret = Secret
-	cfg.Admin.Tokens = map[string]string{AdminToken: "admin"}
+	cfg.Admin.Tokens = map[string]string{AdminToken: "admin", CheckoutToken: "checkout"}
 	cfg.Log.Level = "warn"
 	// Tests stop many stacks and no balancer watches them: a token delay
 	// keeps the drain step exercised without costing seconds per stop.
@@ -322,4 +325,37 @@ func RequireCleanAudit(t testing.TB, g *gateway.Gateway, wait time.Duration) aud
 		t.Fatalf("audit found violations:\n%s", b)
 	}
 	return rep
+}
+
+// Checkout calls a public route as the order service: the checkout token,
+// the user in X-User-ID, a JSON body (none when empty).
+func (s *Stack) Checkout(method, path, user, body string) (int, []byte, http.Header) {
+	s.t.Helper()
+	return s.call(method, path, "Bearer "+CheckoutToken, user, body)
+}
+
+// AsUser calls a public route with user's own token.
+func (s *Stack) AsUser(method, path, user, body string) (int, []byte, http.Header) {
+	s.t.Helper()
+	return s.call(method, path, "Bearer "+Token(user), "", body)
+}
+
+func (s *Stack) call(method, path, authz, user, body string) (int, []byte, http.Header) {
+	s.t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = bytes.NewReader([]byte(body))
+	}
+	req, _ := http.NewRequest(method, s.PublicURL+path, rd)
+	req.Header.Set("Authorization", authz)
+	if user != "" {
+		req.Header.Set("X-User-ID", user)
+	}
+	resp, err := s.HTTP.Do(req)
+	if err != nil {
+		s.t.Fatalf("stack: %s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, resp.Header
 }

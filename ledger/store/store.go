@@ -184,7 +184,7 @@ func (s *Store) migrate(ctx context.Context) error {
 			return fmt.Errorf("store: migrate: %w", err)
 		}
 	}
-	return nil
+	return s.migrateCheckout(ctx) // checkout.go
 }
 
 // rebind turns ? placeholders into $n for PostgreSQL.
