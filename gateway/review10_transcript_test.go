@@ -260,6 +260,9 @@ func TestReview10ClaimTranscriptEqualsPreRestructure(t *testing.T) {
 		t.Fatalf("metrics: %d", code)
 	}
 	for _, l := range strings.Split(string(mbody), "\n") {
+		if strings.HasSuffix(l, "} 0") {
+			continue // a status nothing answered (the status table may grow)
+		}
 		if strings.HasPrefix(l, "flashgate_claims_total") || strings.HasPrefix(l, "flashgate_risk_") ||
 			strings.HasPrefix(l, "flashgate_claim_duration_seconds_count") || strings.HasPrefix(l, "flashgate_dependency_errors_total") {
 			r.line("%s", l)
