@@ -240,6 +240,7 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 		attempt, ttl = "~"+stock.NewGrantID(now), 10*time.Minute
 	}
 	rec := newGrantRecord(c, &in, stock.NewGrantID(now), now)
+	since := g.ledger.Epoch() // before the script can hand rec.GrantID to a retry (ledger.AppendNew)
 	t0 := time.Now()
 	res, err := store.Claim(rctx, &stock.Claim{
 		Campaign: c.ID, Shards: c.Shards, PerUserLimit: c.PerUserLimit, User: in.user,
@@ -276,7 +277,7 @@ func (g *Gateway) claim(ctx *fasthttp.RequestCtx, id []byte) status.Status {
 	if res.Replay {
 		return record(g.answerReplay(ctx, rctx, c, &res.Prior))
 	}
-	if err := g.appendGrant(rctx, rec); err != nil {
+	if err := g.appendNewGrant(rctx, rec, since); err != nil {
 		g.metrics.dependencyErrors.WithLabelValues("ledger").Inc()
 		g.log.Warn("claim: ledger append failed; not acknowledged, the settler appends it", "grant_id", rec.GrantID, "err", err)
 		writeUnavailable(ctx, "ledger unavailable")
@@ -356,6 +357,19 @@ func newGrantRecord(c *campaign.Campaign, in *claimInput, grantID string, now ti
 func (g *Gateway) appendGrant(ctx context.Context, rec *ledger.Record) error {
 	t0 := time.Now()
 	_, err := g.ledger.Append(ctx, rec)
+	return g.appended(rec, t0, err)
+}
+
+// appendNewGrant is appendGrant for the grant this request minted, with the
+// ledger's epoch read before the claim script ran: no existence read unless
+// a replay of the id may have been appended meanwhile (ledger.AppendNew).
+func (g *Gateway) appendNewGrant(ctx context.Context, rec *ledger.Record, since ledger.Epoch) error {
+	t0 := time.Now()
+	_, err := g.ledger.AppendNew(ctx, rec, since)
+	return g.appended(rec, t0, err)
+}
+
+func (g *Gateway) appended(rec *ledger.Record, t0 time.Time, err error) error {
 	g.metrics.ledgerSeconds.Observe(time.Since(t0).Seconds())
 	if err != nil {
 		return err
