@@ -11,8 +11,6 @@ import (
 	"net/netip"
 	"strings"
 	"time"
-
-	"github.com/golang-jwt/jwt/v5"
 )
 
 const (
@@ -38,35 +36,39 @@ var (
 
 // verifier turns a bearer token into a user id. Exactly one algorithm is
 // accepted, pinned by configuration; alg "none" and every other algorithm are
-// refused by the parser's method list before any key is used. With
-// auth.issuer / auth.audience the parser also requires that iss and aud.
+// refused. With auth.issuer / auth.audience the token must also carry that
+// iss and aud. The checks are tokenVerifier's (jwt.go): jwt/v5's, without
+// its reflection and allocations; jwt/v5 is the oracle in the tests.
 type verifier struct {
-	parser *jwt.Parser
-	key    any
+	tok    *tokenVerifier
 	now    func() time.Time
 	leeway time.Duration
-	cache  *tokenCache
+	cache  *tokenCache // nil for HS256 (see newVerifier)
 }
 
 func newVerifier(c AuthConfig, now func() time.Time) (*verifier, error) {
-	opts := []jwt.ParserOption{jwt.WithExpirationRequired(), jwt.WithLeeway(c.Leeway), jwt.WithTimeFunc(now)}
-	if c.Issuer != "" { // required: a token without iss is refused
-		opts = append(opts, jwt.WithIssuer(c.Issuer))
-	}
-	if c.Audience != "" { // required: aud must be, or list, ours
-		opts = append(opts, jwt.WithAudience(c.Audience))
-	}
+	var tok *tokenVerifier
 	switch {
 	case c.HS256Secret != "":
-		return &verifier{parser: jwt.NewParser(append(opts, jwt.WithValidMethods([]string{"HS256"}))...), key: []byte(c.HS256Secret), now: now, leeway: c.Leeway, cache: newTokenCache()}, nil
+		tok = newHS256Verifier([]byte(c.HS256Secret))
 	case c.Ed25519PublicKey != "":
 		pk, err := parseEd25519PublicKey(c.Ed25519PublicKey)
 		if err != nil {
 			return nil, err
 		}
-		return &verifier{parser: jwt.NewParser(append(opts, jwt.WithValidMethods([]string{"EdDSA"}))...), key: pk, now: now, leeway: c.Leeway, cache: newTokenCache()}, nil
+		tok = newEdDSAVerifier(pk)
+	default:
+		return nil, errors.New("gateway: no JWT key configured")
 	}
-	return nil, errors.New("gateway: no JWT key configured")
+	tok.issuer, tok.audience, tok.leeway = c.Issuer, c.Audience, c.Leeway // required when set
+	v := &verifier{tok: tok, now: now, leeway: c.Leeway}
+	if tok.edKey != nil {
+		// Worth a cache: an Ed25519 check costs ~60 µs, a hit under 1 µs. An
+		// HS256 check (~1.2 µs) costs less than what a miss adds (~1.9 µs:
+		// the key's copy, the map), and in a drop most tokens are new.
+		v.cache = newTokenCache()
+	}
+	return v, nil
 }
 
 // verify checks a raw "Bearer <token>" Authorization header value and returns
@@ -81,21 +83,19 @@ func (v *verifier) verify(authz []byte) (string, error) {
 		return "", errTokenTooLong
 	}
 	now := v.now()
-	if sub, ok := v.cache.get(raw, now.Add(-v.leeway)); ok {
-		return sub, nil
+	if v.cache != nil {
+		if sub, ok := v.cache.get(raw, now.Add(-v.leeway)); ok {
+			return sub, nil
+		}
 	}
-	var claims jwt.RegisteredClaims
-	_, err := v.parser.ParseWithClaims(string(raw), &claims, func(*jwt.Token) (any, error) { return v.key, nil })
+	sub, exp, err := v.tok.verify(raw, now)
 	if err != nil {
 		return "", err
 	}
-	if !validUserID(claims.Subject) {
-		return "", errBadSubject
+	if v.cache != nil {
+		v.cache.put(raw, sub, exp)
 	}
-	if claims.ExpiresAt != nil { // required by the parser; cached until then
-		v.cache.put(raw, claims.Subject, claims.ExpiresAt.Time)
-	}
-	return claims.Subject, nil
+	return sub, nil
 }
 
 // validUserID: 1..128 bytes of printable ASCII without space.

@@ -186,14 +186,20 @@ func TestEdDSAVerifier(t *testing.T) {
 	}
 }
 
+// FuzzVerifyToken: any Authorization header value gives a valid user id or
+// an error, and past the "Bearer " prefix the answer is jwt/v5's (the oracle,
+// see jwt_test.go; FuzzVerifyTokenMatchesJWT reaches the claims of signed
+// tokens).
 func FuzzVerifyToken(f *testing.F) {
-	secret := "fuzz-secret-0123456789-0123456789-x"
-	v, err := newVerifier(AuthConfig{HS256Secret: secret}, time.Now)
+	c := AuthConfig{HS256Secret: "fuzz-secret-0123456789-0123456789-x", Leeway: 5 * time.Second}
+	now := time.Now()
+	v, err := newVerifier(c, func() time.Time { return now })
 	if err != nil {
 		f.Fatal(err)
 	}
-	good, _ := MintHS256(secret, "user-1", time.Hour)
+	good, _ := MintHS256(c.HS256Secret, "user-1", time.Hour)
 	f.Add([]byte("Bearer " + good))
+	f.Add([]byte("bearer " + good))
 	f.Add([]byte("Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."))
 	f.Add([]byte("Bearer ..."))
 	f.Add([]byte("bearer x"))
@@ -202,24 +208,42 @@ func FuzzVerifyToken(f *testing.F) {
 		if err == nil && !validUserID(sub) {
 			t.Fatalf("accepted invalid subject %q", sub)
 		}
+		if len(authz) <= len("Bearer ") || !strings.EqualFold(string(authz[:len("Bearer ")]), "Bearer ") || len(authz)-len("Bearer ") > tokenLenMax {
+			if err == nil {
+				t.Fatalf("accepted %q", authz)
+			}
+			return
+		}
+		wantSub, _, wantErr := oracleVerify(c, now, string(authz[len("Bearer "):]))
+		if (err == nil) != (wantErr == nil) || sub != wantSub {
+			t.Fatalf("%q: sub %q err %v; jwt/v5: sub %q err %v", authz, sub, err, wantSub, wantErr)
+		}
 	})
 }
 
 // TestTokenCacheHonoursExpiry: a cached token stops working at exp (+leeway),
-// and a token differing in one byte is verified in full, not served from cache.
+// and a token differing in one byte is verified in full, not served from
+// cache. Only Ed25519 verifiers cache (an HS256 check is cheaper than a miss).
 func TestTokenCacheHonoursExpiry(t *testing.T) {
 	now := time.Now()
 	clock := func() time.Time { return now }
-	secret := "cache-secret-0123456789-0123456789-x"
-	v, err := newVerifier(AuthConfig{HS256Secret: secret, Leeway: time.Second}, clock)
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	der, _ := x509.MarshalPKIXPublicKey(pub)
+	v, err := newVerifier(AuthConfig{Ed25519PublicKey: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})), Leeway: time.Second}, clock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "bob", "exp": now.Add(time.Minute).Unix()}).SignedString([]byte(secret))
+	if v.cache == nil {
+		t.Fatal("Ed25519 verifier without a token cache")
+	}
+	tok, _ := jwt.NewWithClaims(jwt.SigningMethodEdDSA, jwt.MapClaims{"sub": "bob", "exp": now.Add(time.Minute).Unix()}).SignedString(priv)
 	for i := 0; i < 2; i++ { // miss, then hit
 		if sub, err := v.verify([]byte("Bearer " + tok)); err != nil || sub != "bob" {
 			t.Fatalf("verify %d: %q %v", i, sub, err)
 		}
+	}
+	if _, ok := v.cache.get([]byte(tok), now); !ok {
+		t.Fatal("verified token not cached")
 	}
 	forged := []byte("Bearer " + tok)
 	forged[len(forged)-2] ^= 1
@@ -229,5 +253,9 @@ func TestTokenCacheHonoursExpiry(t *testing.T) {
 	now = now.Add(2 * time.Minute)
 	if _, err := v.verify([]byte("Bearer " + tok)); err == nil {
 		t.Fatal("expired token served from the cache")
+	}
+	hs, err := newVerifier(AuthConfig{HS256Secret: "cache-secret-0123456789-0123456789-x"}, clock)
+	if err != nil || hs.cache != nil {
+		t.Fatalf("HS256 verifier: cache %v, err %v; want no cache", hs.cache != nil, err)
 	}
 }

@@ -109,11 +109,11 @@ func (g *Gateway) decide(rctx context.Context, c *campaign.Campaign, in *claimIn
 	if out := g.admit(rctx, c, in, now); out.decided {
 		return out
 	}
-	out, rec := g.takeStock(rctx, c, in, now)
+	out, rec, since := g.takeStock(rctx, c, in, now)
 	if out.decided {
 		return out
 	}
-	return g.recordGrant(rctx, rec)
+	return g.recordGrant(rctx, rec, since)
 }
 
 // answerClaim is the one writer of a claim's answer: the outcome's status
@@ -291,14 +291,14 @@ func (g *Gateway) admit(rctx context.Context, c *campaign.Campaign, in *claimInp
 // steals from another shard when that one is empty). It decides every
 // outcome but a fresh grant, which it leaves undecided with the grant's
 // ledger record for recordGrant.
-func (g *Gateway) takeStock(rctx context.Context, c *campaign.Campaign, in *claimInput, now time.Time) (outcome, *ledger.Record) {
+func (g *Gateway) takeStock(rctx context.Context, c *campaign.Campaign, in *claimInput, now time.Time) (outcome, *ledger.Record, ledger.Epoch) {
 	store := g.stock()
 	if store == nil {
-		return unavailable("redis unavailable"), nil
+		return unavailable("redis unavailable"), nil, 0
 	}
 	aud, out := g.audience(rctx, c, in, now)
 	if out.decided {
-		return out, nil
+		return out, nil, 0
 	}
 	attempt, ttl := in.idemKey, g.cfg.Claim.IdempotencyTTL
 	if attempt == "" {
@@ -307,6 +307,7 @@ func (g *Gateway) takeStock(rctx context.Context, c *campaign.Campaign, in *clai
 		attempt, ttl = "~"+stock.NewGrantID(now), 10*time.Minute
 	}
 	rec := newGrantRecord(c, in, stock.NewGrantID(now), now)
+	since := g.ledger.Epoch() // before the script can hand rec.GrantID to a retry (ledger.AppendNew)
 	t0 := time.Now()
 	res, err := store.Claim(rctx, &stock.Claim{
 		Campaign: c.ID, Shards: c.Shards, PerUserLimit: c.PerUserLimit, User: in.user,
@@ -319,28 +320,28 @@ func (g *Gateway) takeStock(rctx context.Context, c *campaign.Campaign, in *clai
 		// unsettled hash and the settler appends it (settle.go).
 		g.metrics.dependencyErrors.WithLabelValues("redis").Inc()
 		g.log.Debug("claim: stock", "campaign", c.ID, "err", err)
-		return unavailable("stock unavailable"), nil
+		return unavailable("stock unavailable"), nil, 0
 	}
 	flag := g.soldOutFlag(c.ID)
 	switch res.Outcome {
 	case stock.SoldOut:
 		flag.Store(now.Add(soldOutRecheck).UnixNano())
-		return refuse(status.SoldOut, "sold out"), nil
+		return refuse(status.SoldOut, "sold out"), nil, 0
 	case stock.AlreadyClaimed:
-		return outcome{decided: true, status: status.AlreadyClaimed, grantIDs: res.GrantIDs}, nil
+		return outcome{decided: true, status: status.AlreadyClaimed, grantIDs: res.GrantIDs}, nil, 0
 	case stock.NotEligible:
 		if aud == stock.AudienceCode {
 			g.countCodeGuess(rctx, in.user)
 		}
-		return refuse(status.NotEligible, res.Reason), nil
+		return refuse(status.NotEligible, res.Reason), nil, 0
 	}
 	if flag.Load() != 0 {
 		flag.Store(0) // stock came back (PATCH): clear the local flag
 	}
 	if res.Replay {
-		return g.replay(rctx, c, &res.Prior), nil
+		return g.replay(rctx, c, &res.Prior), nil, 0
 	}
-	return outcome{}, rec
+	return outcome{}, rec, since
 }
 
 // audience is the campaign's audience for the claim script. A code
@@ -365,8 +366,8 @@ func (g *Gateway) audience(rctx context.Context, c *campaign.Campaign, in *claim
 // recordGrant makes a fresh grant durable: "granted" only once the append
 // returned (I4). A failed append is not acknowledged; the settler appends
 // the grant later.
-func (g *Gateway) recordGrant(rctx context.Context, rec *ledger.Record) outcome {
-	if err := g.appendGrant(rctx, rec); err != nil {
+func (g *Gateway) recordGrant(rctx context.Context, rec *ledger.Record, since ledger.Epoch) outcome {
+	if err := g.appendNewGrant(rctx, rec, since); err != nil {
 		g.metrics.dependencyErrors.WithLabelValues("ledger").Inc()
 		g.log.Warn("claim: ledger append failed; not acknowledged, the settler appends it", "grant_id", rec.GrantID, "err", err)
 		return unavailable("ledger unavailable")
@@ -439,6 +440,19 @@ func newGrantRecord(c *campaign.Campaign, in *claimInput, grantID string, now ti
 func (g *Gateway) appendGrant(ctx context.Context, rec *ledger.Record) error {
 	t0 := time.Now()
 	_, err := g.ledger.Append(ctx, rec)
+	return g.appended(rec, t0, err)
+}
+
+// appendNewGrant is appendGrant for the grant this request minted, with the
+// ledger's epoch read before the claim script ran: no existence read unless
+// a replay of the id may have been appended meanwhile (ledger.AppendNew).
+func (g *Gateway) appendNewGrant(ctx context.Context, rec *ledger.Record, since ledger.Epoch) error {
+	t0 := time.Now()
+	_, err := g.ledger.AppendNew(ctx, rec, since)
+	return g.appended(rec, t0, err)
+}
+
+func (g *Gateway) appended(rec *ledger.Record, t0 time.Time, err error) error {
 	g.metrics.ledgerSeconds.Observe(time.Since(t0).Seconds())
 	if err != nil {
 		return err

@@ -10,7 +10,10 @@
 //     one fsync, not N. appendsInflightMax bounds the goroutines waiting;
 //   - idempotence by grant id: appending a grant id already present (a retry
 //     whose first attempt did commit) returns the stored sequence number and
-//     writes nothing, and concurrent appends of one id are collapsed.
+//     writes nothing, and concurrent appends of one id are collapsed. Append
+//     reads Pebble for the id first; AppendNew, for an id this process has
+//     just minted, reads it only when the replay guard says that an Append of
+//     the same id may have run since the id left the process (see AppendNew).
 //
 // Key space (all keys start with a one-byte table tag):
 //
@@ -93,6 +96,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -114,6 +118,12 @@ const (
 	// memTableSizeDefault keeps a burst of a few hundred thousand grants in
 	// memory before a flush stalls writers.
 	memTableSizeDefault = 64 << 20
+	// replayGuardGenerationMax bounds the grant ids one generation of the
+	// replay guard holds (two generations are kept: at most twice this many
+	// ids, about 0.5 MiB). Only Append (replays of an attempt, the settler)
+	// adds to it; those are rare beside fresh claims, so a generation lasts
+	// far longer than any claim. When it does not, AppendNew reads Pebble.
+	replayGuardGenerationMax = 4096
 )
 
 // ErrBusy is returned when the bound on in-flight appends is reached and the
@@ -179,6 +189,7 @@ type Ledger struct {
 	mu       sync.Mutex
 	inflight map[string]*pendingAppend // grant id -> append in progress
 	seqsOpen seqSet                    // assigned but not yet committed
+	guard    replayGuard               // ids Append has been asked for (AppendNew)
 
 	bufs   sync.Pool
 	notify chan struct{} // signalled (non-blocking) after each commit
@@ -284,10 +295,39 @@ func (l *Ledger) Close() error {
 // only after the record is synced, or with an error, in which case the grant
 // may or may not be durable and must not be acknowledged.
 //
-// The existence check is never skipped, not even for a grant "just minted":
-// a retry of the same attempt can reach the ledger before the first attempt
-// does, and only the check keeps the record single.
+// Append reads Pebble for the id before writing: it is the append of a grant
+// that may already be here (a retried attempt, the settler). A grant id the
+// caller has just minted goes through AppendNew instead.
 func (l *Ledger) Append(ctx context.Context, r *Record) (uint64, error) {
+	return l.append(ctx, r, true, 0)
+}
+
+// Epoch is a reading of the replay guard's generation, taken by a caller
+// before a freshly minted grant id leaves it (see AppendNew).
+type Epoch uint64
+
+// Epoch returns the replay guard's current generation.
+func (l *Ledger) Epoch() Epoch { return Epoch(l.guard.epoch.Load()) }
+
+// AppendNew is Append for a grant id that the caller minted itself (unique
+// by construction: stock.NewGrantID, 80 random bits) and that it read since
+// from Epoch before the id could reach anyone else — before the claim script
+// that records it in Redis, where a retry of the same attempt finds it.
+//
+// Such an id can already be in the ledger only if an Append of it came first:
+// a retry answered from Redis that overtook this append, or the settler
+// taking over a grant whose handler stalled. Every Append notes its id in the
+// replay guard (two generations of at most replayGuardGenerationMax ids), and
+// AppendNew reads Pebble only when the guard holds the id or has turned over
+// more than once since `since` (then it cannot tell). Otherwise it writes
+// without the read. Concurrent appends of one id are collapsed as in Append.
+// Built with -tags invariants, AppendNew reads Pebble anyway and panics if the
+// guard let a present id through.
+func (l *Ledger) AppendNew(ctx context.Context, r *Record, since Epoch) (uint64, error) {
+	return l.append(ctx, r, false, since)
+}
+
+func (l *Ledger) append(ctx context.Context, r *Record, replay bool, since Epoch) (uint64, error) {
 	if l.closed.Load() {
 		return 0, ErrClosed
 	}
@@ -302,6 +342,12 @@ func (l *Ledger) Append(ctx context.Context, r *Record) (uint64, error) {
 	defer func() { <-l.slots }()
 
 	l.mu.Lock()
+	check := true
+	if replay {
+		l.guard.note(r.GrantID)
+	} else {
+		check = l.guard.mayHave(r.GrantID, since)
+	}
 	if p, ok := l.inflight[r.GrantID]; ok {
 		l.mu.Unlock()
 		select {
@@ -315,7 +361,7 @@ func (l *Ledger) Append(ctx context.Context, r *Record) (uint64, error) {
 	l.inflight[r.GrantID] = p
 	l.mu.Unlock()
 
-	p.seq, p.err = l.appendOnce(r)
+	p.seq, p.err = l.appendOnce(r, check)
 
 	l.mu.Lock()
 	delete(l.inflight, r.GrantID)
@@ -324,7 +370,41 @@ func (l *Ledger) Append(ctx context.Context, r *Record) (uint64, error) {
 	return p.seq, p.err
 }
 
-func (l *Ledger) appendOnce(r *Record) (uint64, error) {
+// replayGuard holds the grant ids Append was asked for, in two generations:
+// an id noted in generation e is held through generation e+1. Guarded by
+// Ledger.mu; epoch is also read without it (Ledger.Epoch).
+type replayGuard struct {
+	epoch     atomic.Uint64
+	cur, prev map[string]struct{}
+}
+
+// note records id; a full generation turns over (the oldest is dropped).
+func (g *replayGuard) note(id string) {
+	if g.cur == nil {
+		g.cur = make(map[string]struct{})
+	}
+	if len(g.cur) >= replayGuardGenerationMax {
+		g.prev, g.cur = g.cur, make(map[string]struct{}, replayGuardGenerationMax)
+		g.epoch.Add(1)
+	}
+	g.cur[strings.Clone(id)] = struct{}{} // never pins a larger buffer the id was cut from
+}
+
+// mayHave reports whether an Append of id may have run since `since`: the
+// guard holds id, or an id noted at or after since may have been dropped.
+// An Append that follows the reading of since is noted in a generation
+// ≥ since, and is held until generation since+2.
+func (g *replayGuard) mayHave(id string, since Epoch) bool {
+	if g.epoch.Load() > uint64(since)+1 {
+		return true
+	}
+	_, inCur := g.cur[id]
+	_, inPrev := g.prev[id]
+	return inCur || inPrev
+}
+
+// appendOnce writes r unless check finds its id already stored.
+func (l *Ledger) appendOnce(r *Record, check bool) (uint64, error) {
 	inc := l.cur.Load()
 	if err := inc.err(); err != nil {
 		return 0, err
@@ -333,8 +413,14 @@ func (l *Ledger) appendOnce(r *Record) (uint64, error) {
 	defer l.bufs.Put(bp)
 	key := append((*bp)[:0], tagGrant)
 	key = append(key, r.GrantID...)
-	if seq, found, err := storedSeq(inc, key); err != nil || found {
-		return seq, err
+	if check || invariantsOn {
+		seq, found, err := storedSeq(inc, key)
+		if found && !check {
+			panic(fmt.Sprintf("ledger: AppendNew of grant %q already stored at seq %d: the replay guard let it through", r.GrantID, seq))
+		}
+		if err != nil || found {
+			return seq, err
+		}
 	}
 	l.mu.Lock()
 	seq := l.seq.Add(1)

@@ -45,6 +45,7 @@ func TestConformance(t *testing.T) {
 			t.Run("concurrent duplicate batches", func(t *testing.T) { testConcurrentDuplicates(t, open(t)) })
 			t.Run("paging and queries", func(t *testing.T) { testQueries(t, open(t)) })
 			t.Run("round trip of every field", func(t *testing.T) { testRoundTrip(t, open(t)) })
+			t.Run("duplicates within and across batches", func(t *testing.T) { testDuplicatesInBatch(t, open(t)) })
 		})
 	}
 }
@@ -163,5 +164,44 @@ func testRoundTrip(t *testing.T, s *Store) {
 	got, err := s.ByUser(ctx, g.User, 10)
 	if err != nil || len(got) != 1 || got[0] != g {
 		t.Fatalf("round trip: %+v %v", got, err)
+	}
+}
+
+// testDuplicatesInBatch: one Put holding grants already stored, grants
+// repeated inside it (also across the statements a large batch is split
+// into), new grants and one the store cannot hold stores each new grant once,
+// reports exactly those as stored and the bad one as set aside — and its
+// redelivery stores nothing and reports the same set-aside grant.
+func testDuplicatesInBatch(t *testing.T, s *Store) {
+	ctx := context.Background()
+	if res, err := s.Put(ctx, []Grant{grant(1, "c", "u1"), grant(2, "c", "u2")}); err != nil || res.Stored != 2 {
+		t.Fatalf("first put: %+v %v", res, err)
+	}
+	bad := grant(9, "c", "u9")
+	bad.Device = "d\xff"
+	batch := []Grant{grant(1, "c", "u1"), grant(3, "c", "u3"), grant(3, "c", "u3"), bad, grant(4, "c", "u4"), grant(2, "c", "u2"),
+		grant(4, "c", "u4"), grant(5, "c", "u5"), grant(1, "c", "u1")}
+	for round, want := range []int{3, 0} {
+		res, err := s.Put(ctx, batch)
+		if err != nil || res.Stored != want || len(res.SetAside) != 1 || res.SetAside[0].Grant.GrantID != bad.GrantID {
+			t.Fatalf("round %d: stored %d (want %d), set aside %+v, err %v", round, res.Stored, want, res.SetAside, err)
+		}
+	}
+	// A full batch: 300 new grants, then 200 repeats of its own first 200
+	// (they land in other statements of the same transaction).
+	big := make([]Grant, 0, BatchMax)
+	for i := 100; i < 400; i++ {
+		big = append(big, grant(i, "c", fmt.Sprintf("u%d", i%7)))
+	}
+	big = append(big, big[:200]...)
+	if res, err := s.Put(ctx, big); err != nil || res.Stored != 300 || len(res.SetAside) != 0 {
+		t.Fatalf("full batch: %+v %v, want 300 stored", res, err)
+	}
+	counts, err := s.Counts(ctx)
+	if err != nil || counts["c"].Grants != 5+300 {
+		t.Fatalf("stored %+v %v, want %d grants once each", counts["c"], err, 5+300)
+	}
+	if aside, err := s.SetAsideOf(ctx, []string{bad.GrantID, "g000003"}); err != nil || len(aside) != 1 || !aside[bad.GrantID] {
+		t.Fatalf("set aside of: %v %v", aside, err)
 	}
 }
