@@ -285,8 +285,11 @@ func TestReview13CancelConfirmRefundRaces(t *testing.T) {
 func TestReview13SQLiteWithSinkProcess(t *testing.T) {
 	gw, sinkSt := review13Pair(t, "sqlite")
 	ctx := context.Background()
-	const n = 120
-	ids := seed(t, gw, "c", "u1", 0, n)
+	const n = 1200
+	var ids []string
+	for first := 0; first < n; first += 500 {
+		ids = append(ids, seed(t, gw, "c", "u1", first, min(500, n-first))...)
+	}
 	stop := make(chan struct{})
 	var sinkErr error
 	var sinkWG sync.WaitGroup
@@ -301,7 +304,7 @@ func TestReview13SQLiteWithSinkProcess(t *testing.T) {
 			default:
 			}
 			var batch []Grant
-			for k := 0; k < 200; k++ {
+			for k := 0; k < 500; k++ {
 				batch = append(batch, grant(next, "other", fmt.Sprintf("u%d", next)))
 				next++
 			}
@@ -328,11 +331,30 @@ func TestReview13SQLiteWithSinkProcess(t *testing.T) {
 				var err error
 				if i%2 == 0 {
 					_, err = gw.Confirm(ctx, o, "u1", t0.Add(time.Minute))
+					if err == nil {
+						b, _ := json.Marshal(lineRefund{0: 1})
+						_, _, _, err = gw.Refund(ctx, &RefundRequest{OrderID: o, User: "u1", RefundID: "r", BodyHash: string(b), Now: t0.Add(2 * time.Minute),
+							Compute: refunder(map[int]int64{0: 1}, lineRefund{0: 1}, []string{ids[i]})})
+					}
 				} else {
 					_, err = gw.Cancel(ctx, o, "u1", t0.Add(time.Minute))
 				}
 				if err != nil {
 					fail("step %s: %v", o, err)
+				}
+				if _, err := gw.ExpireLocks(ctx, t0.Add(time.Minute), 10); err != nil {
+					fail("sweep: %v", err)
+				}
+				if evs, err := gw.PendingEvents(ctx, 50); err != nil {
+					fail("pending: %v", err)
+				} else {
+					var evIDs []string
+					for _, e := range evs {
+						evIDs = append(evIDs, e.ID)
+					}
+					if err := gw.MarkPublished(ctx, evIDs, t0); err != nil {
+						fail("mark: %v", err)
+					}
 				}
 			}
 		}()
@@ -346,6 +368,9 @@ func TestReview13SQLiteWithSinkProcess(t *testing.T) {
 	for _, f := range failures {
 		t.Error(f)
 	}
+	var refunded int
+	_ = gw.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM orders WHERE state = 'refunded'").Scan(&refunded)
+	t.Logf("%d orders refunded; sink wrote meanwhile", refunded)
 	review13Check(t, gw, nil)
 }
 
@@ -400,6 +425,50 @@ func TestReview13TwoSweepersAndTakeovers(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Logf("%d lock_expired transitions", n)
+		})
+	}
+}
+
+// TestReview13TransitionLogFollowsSkewedClocks: the log and the outbox are
+// ordered by each gateway's wall clock (at, then a per-process counter).
+// Gateway 1 cancels order A at T+1ms; gateway 2, whose clock is 5 ms
+// behind, then redeems the freed coupon for order B and confirms it. The
+// grant's log reads B's lock and use before A's lock and release — a chain
+// that ends "unused" while the row is "used" — and the outbox hands the
+// publisher "used" before "released", so COUPON_EVENTS carries them in that
+// order and a consumer applying them ends with the coupon free.
+func TestReview13TransitionLogFollowsSkewedClocks(t *testing.T) {
+	for _, driver := range []string{"sqlite", "postgres"} {
+		t.Run(driver, func(t *testing.T) {
+			gw1, gw2 := review13Pair(t, driver)
+			ctx := context.Background()
+			g := seed(t, gw1, "c", "u1", 0, 1)[0]
+			T := t0
+			skew := -5 * time.Millisecond // gateway 2's clock
+			if _, _, err := gw1.Redeem(ctx, redeemOf("A", "u1", T, g)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := gw1.Cancel(ctx, "A", "u1", T.Add(time.Millisecond)); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := gw2.Redeem(ctx, redeemOf("B", "u1", T.Add(2*time.Millisecond+skew), g)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := gw2.Confirm(ctx, "B", "u1", T.Add(3*time.Millisecond+skew)); err != nil {
+				t.Fatal(err)
+			}
+			evs, err := gw1.PendingEvents(ctx, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var order []string
+			for _, e := range evs {
+				order = append(order, e.Type+"("+e.OrderID+")")
+			}
+			if len(evs) == 2 && evs[len(evs)-1].Type != EventUsed {
+				t.Errorf("outbox order for grant %s: %v — the last event a consumer applies says the coupon is free, the store says used by B", g, order)
+			}
+			review13Check(t, gw1, nil)
 		})
 	}
 }
