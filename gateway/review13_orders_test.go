@@ -64,6 +64,20 @@ func TestReview13DotSegmentOrderIDMovesAnotherOrder(t *testing.T) {
 	if st[ids[0]] != "locked/y" {
 		t.Errorf("order y's coupon %s is %q after a cancel of another order", ids[0], st[ids[0]])
 	}
+	// The same with confirm and refund: the order service confirms and then
+	// refunds "p/../q"; order "q" (locked, never paid) is confirmed and refunded.
+	more := claimStored(t, s, "dots", "buyer3", 4)
+	mustCheckout(t, s, "/v1/checkout/redeem", "buyer3", redeemBody("q", more[0]), 200)
+	mustCheckout(t, s, "/v1/checkout/redeem", "buyer3", redeemBody("p/../q", more[1]), 200)
+	code, b, _ = s.Checkout("POST", "/v1/orders/"+url.PathEscape("p/../q")+"/confirm", "buyer3", "")
+	if o := decodeOrder(t, b); code == 200 && o.OrderID != "p/../q" {
+		t.Errorf("confirm of order %q answered HTTP 200 for order %q (state %s)", "p/../q", o.OrderID, o.State)
+	}
+	code, b, _ = s.Checkout("POST", "/v1/orders/"+url.PathEscape("p/../q")+"/refund", "buyer3", `{"refund_id":"r1"}`)
+	if o := decodeOrder(t, b); code == 200 && o.OrderID != "p/../q" {
+		t.Errorf("refund of order %q answered HTTP 200 for order %q (state %s): %s", "p/../q", o.OrderID, o.State, b)
+	}
+	t.Logf("wallet after: %v", walletStates(t, s, "buyer3"))
 }
 
 // TestReview13ExtremeOrder: the largest order the limits allow (200 lines
@@ -148,5 +162,35 @@ func TestReview13ValidityEndsBetweenQuoteAndRedeem(t *testing.T) {
 	// Another user's grant through the service token's X-User-ID: not found.
 	if code, b, _ := s.Checkout("POST", "/v1/checkout/redeem", "mallory", redeemBody("steal", g)); code != 404 {
 		t.Fatalf("another user's grant: HTTP %d %s", code, b)
+	}
+}
+
+// TestReview13DeletedPausedEndedCampaignGrants: the README says a
+// soft-deleted, paused or ended campaign's grants stay usable until their
+// valid_until: quote and redeem answer 200 for each.
+func TestReview13DeletedPausedEndedCampaignGrants(t *testing.T) {
+	s := stack.Start(t, stack.Options{})
+	for _, id := range []string{"gone", "held", "over"} {
+		createRaw(t, s, map[string]any{"id": id, "coupon": map[string]any{"type": "voucher", "amount": 500}, "stock": 10,
+			"validity": map[string]any{"mode": "days_after_claim", "days": 3}})
+	}
+	gone := claimStored(t, s, "gone", "keeper", 1)[0]
+	held := claimStored(t, s, "held", "keeper", 1)[0]
+	over := claimStored(t, s, "over", "keeper", 1)[0]
+	if code, b := s.Admin("DELETE", "/admin/v1/campaigns/gone", nil); code >= 300 {
+		t.Fatalf("delete: HTTP %d %s", code, b)
+	}
+	if code, b := s.Admin("PATCH", "/admin/v1/campaigns/held", map[string]any{"paused": true}); code >= 300 {
+		t.Fatalf("pause: HTTP %d %s", code, b)
+	}
+	if code, b := s.Admin("PATCH", "/admin/v1/campaigns/over", map[string]any{"ends_at": time.Now().Add(-time.Second).UTC().Format(time.RFC3339Nano)}); code >= 300 {
+		t.Logf("end: HTTP %d %s", code, b)
+	}
+	time.Sleep(300 * time.Millisecond)
+	for i, g := range []string{gone, held, over} {
+		code, b, _ := s.Checkout("POST", "/v1/checkout/redeem", "keeper", redeemBody(fmt.Sprintf("k%d", i), g))
+		if code != 200 {
+			t.Errorf("redeem of grant %s: HTTP %d %s", g, code, b)
+		}
 	}
 }
