@@ -29,7 +29,7 @@ func (g *Gateway) codeLimiter() *limiter.Limiter {
 	if rc == nil {
 		return nil
 	}
-	return limiter.New(ratelimit.New(*rc, "fg:codeguess"), limiter.Rate{Period: codeGuessWindow, Limit: codeGuessesMax})
+	return limiter.New(ratelimit.New(*rc, "fg:codeguess", g.now), limiter.Rate{Period: codeGuessWindow, Limit: codeGuessesMax})
 }
 
 // codeGuessesOver reports whether a user has used up their wrong-code

@@ -39,12 +39,21 @@ return {tonumber(v), redis.call("PTTL", KEYS[1])}
 type Store struct {
 	c      rueidis.Client
 	prefix string
+	clock  func() time.Time
 }
 
 var _ limiter.Store = (*Store)(nil)
 
-// New returns a store writing keys under prefix.
-func New(c rueidis.Client, prefix string) *Store { return &Store{c: c, prefix: prefix} }
+// New returns a store writing keys under prefix. clock (nil: time.Now) is
+// the time a window's reset is reported in: Redis keeps the window as a TTL,
+// and the reset is clock's now plus that TTL, so callers comparing resets
+// with their own clock (the risk over-limit cache) agree with it.
+func New(c rueidis.Client, prefix string, clock func() time.Time) *Store {
+	if clock == nil {
+		clock = time.Now
+	}
+	return &Store{c: c, prefix: prefix, clock: clock}
+}
 
 func (s *Store) key(k string) string { return s.prefix + ":" + k }
 
@@ -56,16 +65,16 @@ func (s *Store) Get(ctx context.Context, key string, rate limiter.Rate) (limiter
 // Increment increments the key by count.
 func (s *Store) Increment(ctx context.Context, key string, count int64, rate limiter.Rate) (limiter.Context, error) {
 	res := incrScript.Exec(ctx, s.c, []string{s.key(key)}, []string{fmt.Sprint(count), fmt.Sprint(rate.Period.Milliseconds())})
-	return contextOf(res, rate)
+	return s.contextOf(res, rate)
 }
 
 // contextOf turns a {count, pttl} reply into the library's Context.
-func contextOf(res rueidis.RedisResult, rate limiter.Rate) (limiter.Context, error) {
+func (s *Store) contextOf(res rueidis.RedisResult, rate limiter.Rate) (limiter.Context, error) {
 	n, ttl, err := countTTL(res)
 	if err != nil {
 		return limiter.Context{}, err
 	}
-	now := time.Now()
+	now := s.clock()
 	exp := now.Add(rate.Period)
 	if ttl > 0 {
 		exp = now.Add(time.Duration(ttl) * time.Millisecond)
@@ -75,7 +84,7 @@ func contextOf(res rueidis.RedisResult, rate limiter.Rate) (limiter.Context, err
 
 // Peek returns the context without counting.
 func (s *Store) Peek(ctx context.Context, key string, rate limiter.Rate) (limiter.Context, error) {
-	return contextOf(peekScript.Exec(ctx, s.c, []string{s.key(key)}, nil), rate)
+	return s.contextOf(peekScript.Exec(ctx, s.c, []string{s.key(key)}, nil), rate)
 }
 
 // Reset deletes the key.
@@ -83,7 +92,7 @@ func (s *Store) Reset(ctx context.Context, key string, rate limiter.Rate) (limit
 	if err := s.c.Do(ctx, s.c.B().Del().Key(s.key(key)).Build()).Error(); err != nil {
 		return limiter.Context{}, fmt.Errorf("ratelimit: reset: %w", err)
 	}
-	now := time.Now()
+	now := s.clock()
 	return common.GetContextFromState(now, rate, now.Add(rate.Period), 0), nil
 }
 
@@ -121,5 +130,5 @@ return {n + 1, redis.call("PTTL", KEYS[1])}
 // from the first member) and returns the context of the distinct count
 // against rate.Limit: "at most Limit distinct members per Period".
 func (s *Store) Distinct(ctx context.Context, key, member string, rate limiter.Rate) (limiter.Context, error) {
-	return contextOf(distinctScript.Exec(ctx, s.c, []string{s.key(key)}, []string{member, fmt.Sprint(rate.Period.Milliseconds()), fmt.Sprint(rate.Limit)}), rate)
+	return s.contextOf(distinctScript.Exec(ctx, s.c, []string{s.key(key)}, []string{member, fmt.Sprint(rate.Period.Milliseconds()), fmt.Sprint(rate.Limit)}), rate)
 }

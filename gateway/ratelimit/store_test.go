@@ -19,7 +19,7 @@ func newStore(t *testing.T) (*Store, *redisserver.Server) {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	return New(c, "limiter"), srv
+	return New(c, "limiter", nil), srv
 }
 
 // The library's own store suites, against a real redis-server.

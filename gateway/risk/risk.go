@@ -175,7 +175,7 @@ func (r *Risk) StaleFor(now time.Time) time.Duration {
 func (r *Risk) SetRedis(c rueidis.Client) {
 	r.installMu.Lock()
 	defer r.installMu.Unlock()
-	rc := &redisConn{c: c, store: ratelimit.New(c, limiterPrefix)}
+	rc := &redisConn{c: c, store: ratelimit.New(c, limiterPrefix, r.opts.Clock)}
 	r.redis.Store(rc)
 	r.rules.Store(compile(r.rules.Load().rules, rc))
 }
