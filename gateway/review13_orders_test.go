@@ -14,70 +14,117 @@ import (
 	"github.com/flashgate/flashgate/internal/stack"
 )
 
-// TestReview13OrderIDsTheOrderRoutesCannotReach: redeem accepts any order_id
-// of 1..128 printable characters, but confirm, cancel and refund take it
-// from the path. An order id the path cannot carry ("a/b", "..", ".",
-// "x/../y") is redeemed — its coupons locked — and then no confirm can
-// ever reach it, percent-encoded or not: the buyer pays, the order service
-// cannot confirm, the lock expires and the coupon is released under a
-// paid order.
+// TestReview13OrderIDsTheOrderRoutesCannotReach: confirm, cancel and
+// refund take the order id from the path, which the server percent-decodes
+// and normalizes. An order id the path cannot carry as itself ("a/b",
+// "..", ".", "x/../y") was redeemed — its coupons locked — and then no
+// confirm could ever reach it, percent-encoded or not: the buyer paid, the
+// order service could not confirm, the lock expired and the coupon was
+// released under a paid order. Now redeem refuses such an id (400
+// invalid_request naming order_id) and locks nothing; no request on the
+// order routes reaches an order of that name; an id of the path-safe
+// alphabet goes through every step, percent-encoded or not.
 func TestReview13OrderIDsTheOrderRoutesCannotReach(t *testing.T) {
 	s := stack.Start(t, stack.Options{})
-	createRaw(t, s, map[string]any{"id": "slash", "coupon": map[string]any{"type": "voucher", "amount": 500}, "stock": 100, "per_user_limit": 10})
-	ids := claimStored(t, s, "slash", "pathy", 4)
-	for i, id := range []string{"shop/2026/0001", "..", ".", "x/../y"} {
+	createRaw(t, s, map[string]any{"id": "slash", "coupon": map[string]any{"type": "voucher", "amount": 500}, "stock": 100, "per_user_limit": 20})
+	bad := []string{"shop/2026/0001", "..", ".", "x/../y", "a%2Fb", "a b", "a?b", "a#b", "é", strings.Repeat("o", 129)}
+	ids := claimStored(t, s, "slash", "pathy", len(bad)+1)
+	for i, id := range bad {
 		code, b, _ := s.Checkout("POST", "/v1/checkout/redeem", "pathy", redeemBody(id, ids[i]))
-		if code != 200 {
-			t.Logf("order id %q refused at redeem (fine): HTTP %d %s", id, code, b)
-			continue
+		if code != 400 || !strings.Contains(string(b), `"invalid_request"`) || !strings.Contains(string(b), `"fields":["order_id"]`) {
+			t.Errorf("redeem of order id %q: HTTP %d %s (want 400 invalid_request naming order_id)", id, code, b)
 		}
-		o := decodeOrder(t, b)
-		if o.State != "locked" || o.OrderID != id {
-			t.Fatalf("redeem %q: %s", id, b)
+		if st := walletStates(t, s, "pathy")[ids[i]]; st != "unused/" {
+			t.Errorf("order id %q refused, yet coupon %s is %q", id, ids[i], st)
 		}
-		code, b, _ = s.Checkout("POST", "/v1/orders/"+url.PathEscape(id)+"/confirm", "pathy", "")
-		if code != 200 {
-			t.Errorf("order id %q was redeemed (coupon %s locked to it) but cannot be confirmed: POST /v1/orders/%s/confirm → HTTP %d %s",
-				id, ids[i], url.PathEscape(id), code, b)
+		for _, step := range []string{"confirm", "cancel", "refund"} {
+			path := "/v1/orders/" + url.PathEscape(id) + "/" + step
+			if code, b, _ := s.Checkout("POST", path, "pathy", `{"refund_id":"r1"}`); code == 200 {
+				t.Errorf("POST %s answered HTTP 200 for an order that cannot exist: %s", path, b)
+			}
 		}
+	}
+	// Every character of the alphabet, through every step; ':' sent as %3A
+	// (as encodeURIComponent writes it) reaches the same order.
+	const good = "Shop_2026:0001.a-B9"
+	mustCheckout(t, s, "/v1/checkout/redeem", "pathy", redeemBody(good, ids[len(bad)]), 200)
+	for _, path := range []string{"/v1/orders/" + good + "/confirm", "/v1/orders/" + strings.ReplaceAll(good, ":", "%3A") + "/confirm"} {
+		if o := decodeOrder(t, mustCheckout(t, s, path, "pathy", "", 200)); o.OrderID != good || o.State != "confirmed" {
+			t.Fatalf("POST %s: %+v", path, o)
+		}
+	}
+	b := mustCheckout(t, s, "/v1/orders/"+url.PathEscape(good)+"/refund", "pathy", `{"refund_id":"r1"}`, 200)
+	if !strings.Contains(string(b), `"order_id":"`+good+`"`) || !strings.Contains(string(b), `"state":"refunded"`) {
+		t.Fatalf("refund of %s: %s", good, b)
+	}
+}
+
+// dotPaths are the paths a client could send to step ("confirm", "cancel",
+// "refund") on order id: percent-encoded as url.PathEscape does, or not,
+// with the dots encoded or not.
+func dotPaths(id, step string) []string {
+	return []string{
+		"/v1/orders/" + url.PathEscape(id) + "/" + step,
+		"/v1/orders/" + id + "/" + step,
+		"/v1/orders/" + strings.ReplaceAll(id, ".", "%2E") + "/" + step,
+		"/v1/orders/" + strings.ReplaceAll(url.PathEscape(id), ".", "%2E") + "/" + step,
 	}
 }
 
 // TestReview13DotSegmentOrderIDMovesAnotherOrder: the order service
-// confirms (or cancels) order "x/../y", percent-encoded as the path
-// requires; the gateway normalizes the path and moves order "y" instead —
-// another order of the same user, whose coupon is now used (or released)
-// by a step nobody asked for, while "x/../y" stays locked.
+// confirmed (or cancelled) order "x/../y", percent-encoded as the path
+// requires; the gateway normalized the path and moved order "y" instead —
+// another order of the same user, whose coupon was then used (or released)
+// by a step nobody asked for, while "x/../y" stayed locked. Now "x/../y"
+// cannot be redeemed, and a request whose path, as sent, names anything
+// but the order the normalized path routes to is refused (400
+// invalid_request naming order_id): no form of it moves order "y".
 func TestReview13DotSegmentOrderIDMovesAnotherOrder(t *testing.T) {
 	s := stack.Start(t, stack.Options{})
 	createRaw(t, s, map[string]any{"id": "dots", "coupon": map[string]any{"type": "voucher", "amount": 500}, "stock": 100, "per_user_limit": 10})
+	refused := func(path, user, body string) {
+		t.Helper()
+		code, b, _ := s.Checkout("POST", path, user, body)
+		if code != 400 || !strings.Contains(string(b), `"invalid_request"`) || !strings.Contains(string(b), `"fields":["order_id"]`) {
+			t.Errorf("POST %s: HTTP %d %s (want 400 invalid_request naming order_id)", path, code, b)
+		}
+	}
 	ids := claimStored(t, s, "dots", "buyer2", 2)
 	mustCheckout(t, s, "/v1/checkout/redeem", "buyer2", redeemBody("y", ids[0]), 200)
-	mustCheckout(t, s, "/v1/checkout/redeem", "buyer2", redeemBody("x/../y", ids[1]), 200)
-	// The order service cancels the abandoned order "x/../y".
-	code, b, _ := s.Checkout("POST", "/v1/orders/"+url.PathEscape("x/../y")+"/cancel", "buyer2", "")
-	o := decodeOrder(t, b)
-	st := walletStates(t, s, "buyer2")
-	if code == 200 && o.OrderID != "x/../y" {
-		t.Errorf("cancel of order %q answered HTTP 200 for order %q (state %s): wallet %v", "x/../y", o.OrderID, o.State, st)
+	mustCheckout(t, s, "/v1/checkout/redeem", "buyer2", redeemBody("x/../y", ids[1]), 400)
+	// The order service cancels the abandoned order "x/../y", however it
+	// writes the path.
+	for _, path := range dotPaths("x/../y", "cancel") {
+		refused(path, "buyer2", "")
 	}
-	if st[ids[0]] != "locked/y" {
-		t.Errorf("order y's coupon %s is %q after a cancel of another order", ids[0], st[ids[0]])
+	st := walletStates(t, s, "buyer2")
+	if st[ids[0]] != "locked/y" || st[ids[1]] != "unused/" {
+		t.Errorf("after cancels of \"x/../y\": wallet %v (want %s locked by y, %s unused)", st, ids[0], ids[1])
+	}
+	// Order y is still locked: its own confirm goes through.
+	if o := decodeOrder(t, mustCheckout(t, s, "/v1/orders/y/confirm", "buyer2", "", 200)); o.OrderID != "y" || o.State != "confirmed" {
+		t.Errorf("confirm of y: %+v", o)
 	}
 	// The same with confirm and refund: the order service confirms and then
-	// refunds "p/../q"; order "q" (locked, never paid) is confirmed and refunded.
-	more := claimStored(t, s, "dots", "buyer3", 4)
+	// refunds "p/../q"; order "q" (locked, never paid) must not move.
+	more := claimStored(t, s, "dots", "buyer3", 2)
 	mustCheckout(t, s, "/v1/checkout/redeem", "buyer3", redeemBody("q", more[0]), 200)
-	mustCheckout(t, s, "/v1/checkout/redeem", "buyer3", redeemBody("p/../q", more[1]), 200)
-	code, b, _ = s.Checkout("POST", "/v1/orders/"+url.PathEscape("p/../q")+"/confirm", "buyer3", "")
-	if o := decodeOrder(t, b); code == 200 && o.OrderID != "p/../q" {
-		t.Errorf("confirm of order %q answered HTTP 200 for order %q (state %s)", "p/../q", o.OrderID, o.State)
+	mustCheckout(t, s, "/v1/checkout/redeem", "buyer3", redeemBody("p/../q", more[1]), 400)
+	other := map[string]string{"confirm": "cancel", "refund": "cancel", "cancel": "confirm"}
+	for _, step := range []string{"confirm", "refund", "cancel"} {
+		paths := append(dotPaths("p/../q", step), "/v1/orders/q/./"+step, "/v1/orders/q/%2E/"+step, "/v1/orders/q/x/../"+step,
+			"/v1/orders/q/"+other[step]+"/../"+step, "/v1/orders//q/"+step)
+		for _, path := range paths {
+			refused(path, "buyer3", `{"refund_id":"r1"}`)
+		}
 	}
-	code, b, _ = s.Checkout("POST", "/v1/orders/"+url.PathEscape("p/../q")+"/refund", "buyer3", `{"refund_id":"r1"}`)
-	if o := decodeOrder(t, b); code == 200 && o.OrderID != "p/../q" {
-		t.Errorf("refund of order %q answered HTTP 200 for order %q (state %s): %s", "p/../q", o.OrderID, o.State, b)
+	if st := walletStates(t, s, "buyer3"); st[more[0]] != "locked/q" || st[more[1]] != "unused/" {
+		t.Errorf("after steps on \"p/../q\": wallet %v (want %s locked by q, %s unused)", st, more[0], more[1])
 	}
-	t.Logf("wallet after: %v", walletStates(t, s, "buyer3"))
+	// Order q was neither confirmed nor refunded: its own cancel goes through.
+	if o := decodeOrder(t, mustCheckout(t, s, "/v1/orders/q/cancel", "buyer3", "", 200)); o.OrderID != "q" || o.State != "cancelled" {
+		t.Errorf("cancel of q: %+v", o)
+	}
 }
 
 // TestReview13ExtremeOrder: the largest order the limits allow (200 lines
