@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -128,9 +129,9 @@ func review13Check(t *testing.T, s *Store, kept map[string]bool) {
 			}
 		}
 	}
-	// Each grant's transitions, in the log's own order (at, transition_id),
-	// are one chain starting unused, each step from where the last ended,
-	// and the chain ends in the row's state.
+	// Each grant's transitions, in the log's own order (grant_seq), are one
+	// chain starting unused, each step from where the last ended, numbered
+	// 1, 2, … without a gap, and the chain ends in the row's state.
 	for g, c := range coupons {
 		ts, err := s.Transitions(ctx, g)
 		if err != nil {
@@ -138,6 +139,9 @@ func review13Check(t *testing.T, s *Store, kept map[string]bool) {
 		}
 		state := CouponUnused
 		for i, tr := range ts {
+			if tr.Seq != int64(i+1) {
+				t.Errorf("transition log of %s: transition %d has grant_seq %d", g, i, tr.Seq)
+			}
 			if tr.From != state {
 				t.Errorf("transition log of %s broken at %d: %s→%s (%s, order %s) after state %s", g, i, tr.From, tr.To, tr.Cause, tr.OrderID, state)
 				break
@@ -429,14 +433,15 @@ func TestReview13TwoSweepersAndTakeovers(t *testing.T) {
 	}
 }
 
-// TestReview13TransitionLogFollowsSkewedClocks: the log and the outbox are
+// TestReview13TransitionLogFollowsSkewedClocks: the log and the outbox were
 // ordered by each gateway's wall clock (at, then a per-process counter).
 // Gateway 1 cancels order A at T+1ms; gateway 2, whose clock is 5 ms
 // behind, then redeems the freed coupon for order B and confirms it. The
-// grant's log reads B's lock and use before A's lock and release — a chain
-// that ends "unused" while the row is "used" — and the outbox hands the
-// publisher "used" before "released", so COUPON_EVENTS carries them in that
-// order and a consumer applying them ends with the coupon free.
+// grant's log read B's lock and use before A's lock and release — a chain
+// that ends "unused" while the row is "used" — and the outbox handed the
+// publisher "used" before "released", so COUPON_EVENTS carried them in that
+// order and a consumer applying them ended with the coupon free. Both now
+// follow the grant's commit order (grant_seq).
 func TestReview13TransitionLogFollowsSkewedClocks(t *testing.T) {
 	for _, driver := range []string{"sqlite", "postgres"} {
 		t.Run(driver, func(t *testing.T) {
@@ -465,8 +470,8 @@ func TestReview13TransitionLogFollowsSkewedClocks(t *testing.T) {
 			for _, e := range evs {
 				order = append(order, e.Type+"("+e.OrderID+")")
 			}
-			if len(evs) == 2 && evs[len(evs)-1].Type != EventUsed {
-				t.Errorf("outbox order for grant %s: %v — the last event a consumer applies says the coupon is free, the store says used by B", g, order)
+			if want := []string{"released(A)", "used(B)"}; !slices.Equal(order, want) || evs[0].Seq >= evs[1].Seq {
+				t.Errorf("outbox order for grant %s: %v (want %v, grant_seq rising) — the last event a consumer applies must say what the store says: used by B", g, order, want)
 			}
 			review13Check(t, gw1, nil)
 		})
