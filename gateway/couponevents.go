@@ -27,6 +27,16 @@ import (
 // stream's duplicate window drops a repeat within nats.dedup_window, and a
 // consumer dedups by event_id beyond it. Core NATS subscribers of
 // flashgate.coupons.> see every message the stream takes.
+//
+// One grant's events go out in the order its transitions committed, not in
+// the order of their at_ns (each gateway's clock): the store numbers a
+// grant's transitions in commit order (grant_seq, carried in the event),
+// PendingEvents returns them grant by grant in that order, and a round
+// stops at its first failed publish, so no event of a grant is published
+// before an earlier one still pending. A repeat published after the
+// stream's duplicate window (another gateway's round that read it before
+// it was marked) may come late: a consumer ignores a grant's event whose
+// grant_seq is not above the last one it applied.
 
 const (
 	// CouponStream is the JetStream stream of coupon events.

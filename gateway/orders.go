@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -197,14 +198,39 @@ func checkGrantIDs(ids []string, required bool) *bodyError {
 	return nil
 }
 
+// orderIDRule is what an order id must be (validOrderID), as the refusals
+// and the API document say it.
+const orderIDRule = "order_id: 1..128 characters of A-Z a-z 0-9 - _ . : (not \".\" or \"..\"): confirm, cancel and refund carry it in the URL path"
+
+// validOrderID reports whether s can be an order id: 1..OrderIDLenMax
+// characters of a path-safe alphabet (ASCII letters, digits, '-', '_',
+// '.', ':'), and not "." or "..". Confirm, cancel and refund take the id
+// from the URL path, which the server percent-decodes (%2F is '/') and
+// normalizes (dot segments): an order "a/b" or ".." would be redeemed —
+// its coupons locked — and never reached by a confirm (the lock expires
+// under a paid order), and a step on "x/../y" would move order "y".
+func validOrderID(s string) bool {
+	if len(s) == 0 || len(s) > store.OrderIDLenMax || s == "." || s == ".." {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_', c == '.', c == ':':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // parseQuote decodes and validates a quote (redeem = false) or redeem body.
 func parseQuote(b []byte, redeem bool) (quoteRequest, *bodyError) {
 	var q quoteRequest
 	if err := decodeStrict(b, checkoutBodyLenMax, &q); err != nil {
 		return q, err.(*bodyError)
 	}
-	if redeem && !printableToken(q.OrderID, store.OrderIDLenMax) {
-		return q, &bodyError{msg: "order_id: 1..128 printable characters", fields: []string{"order_id"}}
+	if redeem && !validOrderID(q.OrderID) {
+		return q, &bodyError{msg: orderIDRule, fields: []string{"order_id"}}
 	}
 	if !redeem && q.OrderID != "" {
 		return q, &bodyError{msg: "order_id: a quote has none (redeem takes it)", fields: []string{"order_id"}}
@@ -685,13 +711,39 @@ func (g *Gateway) answerRedeemReplay(ctx *fasthttp.RequestCtx, o *store.Order, u
 	checkoutJSON(ctx, status.OK, orderView(o))
 }
 
-// orderStep adapts the handlers of /v1/orders/{order_id}/…: an order id
-// that cannot exist is not found.
+// ordersPathPrefix is the order routes' path up to {order_id}.
+const ordersPathPrefix = "/v1/orders/"
+
+// orderPathID returns the order id of an order route's request as the
+// client sent it, and whether the step may act on it. The router matches
+// the decoded, normalized path (ctx.Path), where
+// "/v1/orders/x%2F..%2Fy/confirm" and "/v1/orders/x/../y/confirm" both
+// read "/v1/orders/y/confirm": routed on that alone, a step meant for
+// "x/../y" would move order "y". So the id is read from the path as sent
+// (PathOriginal), percent-decoded, and must be a valid order id
+// (validOrderID) whose path, rebuilt, is the one that was routed: no
+// encoded '/', no dot segment, nothing the normalization changed.
+func orderPathID(ctx *fasthttp.RequestCtx, routed string) (string, bool) {
+	rest, ok := strings.CutPrefix(string(ctx.Request.URI().PathOriginal()), ordersPathPrefix)
+	if !ok {
+		return "", false
+	}
+	seg, tail, _ := strings.Cut(rest, "/")
+	id, err := url.PathUnescape(seg)
+	if err != nil || id != routed || !validOrderID(id) {
+		return "", false
+	}
+	return id, ordersPathPrefix+id+"/"+tail == string(ctx.Path())
+}
+
+// orderStep adapts the handlers of /v1/orders/{order_id}/…: the order id
+// is validated as redeem validates it, on the path as sent (orderPathID);
+// a refused one is 400 invalid_request naming order_id.
 func orderStep(h func(g *Gateway, ctx *fasthttp.RequestCtx, rctx context.Context, orderID, user string)) handler {
 	return func(g *Gateway, ctx *fasthttp.RequestCtx, rq *request) {
-		id := rq.param(0)
-		if !printableToken(id, store.OrderIDLenMax) {
-			writeError(ctx, status.NotFound, "no such order")
+		id, ok := orderPathID(ctx, rq.param(0))
+		if !ok {
+			writeFields(ctx, status.InvalidRequest, orderIDRule+"; the path carries it as it is (no encoded '/', no dot segments)", []string{"order_id"})
 			return
 		}
 		rctx, cancel := context.WithTimeout(context.Background(), checkoutTimeout)

@@ -10,7 +10,8 @@ package store
 //
 //	coupon_states(grant_id PK, user_id, campaign, state unused|locked|used,
 //	       order_id ('' unless locked or used), lock_expires_at (unix ns, 0
-//	       unless locked), used_at (unix ns), updated_at)
+//	       unless locked), used_at (unix ns), updated_at, transition_seq
+//	       (the grant_seq of its last transition))
 //	       -- a grant without a row is unused; a lock past lock_expires_at
 //	       -- is free (the sweeper releases it, a redeem may take it)
 //	orders(order_id PK, user_id, body_hash, state locked|confirmed|
@@ -22,7 +23,8 @@ package store
 //	       (JSON), full, created_at) PK (order_id, refund_id)
 //	coupon_transitions(transition_id PK, grant_id, order_id, campaign,
 //	       user_id, from_state, to_state, cause, at, event ('' | used |
-//	       released | returned), published (unix ns, 0 = not yet))
+//	       released | returned), published (unix ns, 0 = not yet),
+//	       grant_seq (1, 2, … per grant, in commit order))
 //	coupon_notices(grant_id PK, campaign, user_id, valid_until, noticed_at,
 //	       published)  -- one expiring notice per grant, its flag and outbox
 //
@@ -36,6 +38,19 @@ package store
 // concurrent orders on one grant exactly one finds it unused (tested). A
 // deadlock or serialization failure is retried (inTx). SQLite has one
 // connection per process: its transactions run one at a time.
+//
+// A grant's transitions are ordered by grant_seq, never by at: at is the
+// clock of whichever gateway made the step, and gateways' clocks differ (a
+// gateway 5 ms behind that takes a coupon another one just released would
+// stamp the take before the release). Every transition increments its
+// grant's coupon_states.transition_seq in the transaction that changed the
+// row, after the row's conditional update took the row (PostgreSQL: its row
+// lock, held to the commit; SQLite: the one writer), so the numbers follow
+// the commit order of the grant's steps. The log and the outbox are read in
+// that order: a consumer of COUPON_EVENTS gets one grant's events in the
+// order they happened (released by A before used by B), each with its
+// grant_seq. Transitions written before the column existed have grant_seq 0
+// and sort first, by at, as they did.
 
 import (
 	"context"
@@ -220,6 +235,7 @@ type RefundRequest struct {
 type Transition struct {
 	ID       string `json:"transition_id"`
 	GrantID  string `json:"grant_id"`
+	Seq      int64  `json:"grant_seq"` // the grant's transitions 1, 2, … in commit order (0: written before the column existed)
 	OrderID  string `json:"order_id"`
 	Campaign string `json:"campaign"`
 	User     string `json:"user"`
@@ -242,13 +258,14 @@ type Event struct {
 	To         string `json:"to,omitempty"`
 	Cause      string `json:"cause,omitempty"`
 	At         int64  `json:"at_ns"`
+	Seq        int64  `json:"grant_seq,omitempty"`   // the transition's grant_seq: a grant's events in the order they happened
 	ValidUntil int64  `json:"valid_until,omitempty"` // expiring: unix s
 }
 
 // expiringPrefix names the event id of a grant's expiring notice.
 const expiringPrefix = "expiring:"
 
-func (s *Store) migrateCheckout(ctx context.Context) error {
+func (s *Store) migrateCheckout(ctx context.Context, db migrator) error {
 	stmts := []string{
 		`CREATE TABLE IF NOT EXISTS coupon_states (
 			grant_id TEXT PRIMARY KEY,
@@ -258,7 +275,8 @@ func (s *Store) migrateCheckout(ctx context.Context) error {
 			order_id TEXT NOT NULL,
 			lock_expires_at BIGINT NOT NULL,
 			used_at BIGINT NOT NULL,
-			updated_at BIGINT NOT NULL)`,
+			updated_at BIGINT NOT NULL,
+			transition_seq BIGINT NOT NULL DEFAULT 0)`,
 		`CREATE INDEX IF NOT EXISTS coupon_states_by_order ON coupon_states (order_id)`,
 		`CREATE INDEX IF NOT EXISTS coupon_states_by_campaign ON coupon_states (campaign, state)`,
 		`CREATE TABLE IF NOT EXISTS orders (
@@ -306,7 +324,8 @@ func (s *Store) migrateCheckout(ctx context.Context) error {
 			cause TEXT NOT NULL,
 			at BIGINT NOT NULL,
 			event TEXT NOT NULL,
-			published BIGINT NOT NULL)`,
+			published BIGINT NOT NULL,
+			grant_seq BIGINT NOT NULL DEFAULT 0)`,
 		`CREATE INDEX IF NOT EXISTS coupon_transitions_by_grant ON coupon_transitions (grant_id, at)`,
 		`CREATE INDEX IF NOT EXISTS coupon_transitions_unpublished ON coupon_transitions (at) WHERE published = 0 AND event <> ''`,
 		`CREATE TABLE IF NOT EXISTS coupon_notices (
@@ -321,9 +340,57 @@ func (s *Store) migrateCheckout(ctx context.Context) error {
 		`CREATE INDEX IF NOT EXISTS grants_by_campaign_valid_until ON grants (campaign, valid_until)`,
 	}
 	for _, q := range stmts {
-		if _, err := s.db.ExecContext(ctx, q); err != nil {
+		if _, err := db.ExecContext(ctx, q); err != nil {
 			return fmt.Errorf("store: migrate checkout: %w", err)
 		}
+	}
+	// Columns added since the tables were first created: a database of an
+	// earlier version gets them with their defaults (nothing is rewritten
+	// or dropped; coupon_transitions_unpublished stays for a gateway of the
+	// earlier version still running beside this one).
+	for _, c := range []struct{ table, column, def string }{
+		{"coupon_states", "transition_seq", "BIGINT NOT NULL DEFAULT 0"},
+		{"coupon_transitions", "grant_seq", "BIGINT NOT NULL DEFAULT 0"},
+	} {
+		if err := s.addColumn(ctx, db, c.table, c.column, c.def); err != nil {
+			return fmt.Errorf("store: migrate checkout: %w", err)
+		}
+	}
+	// The outbox is read a grant at a time, in its transitions' order.
+	if _, err := db.ExecContext(ctx, `CREATE INDEX IF NOT EXISTS coupon_transitions_outbox ON coupon_transitions (grant_id, grant_seq) WHERE published = 0 AND event <> ''`); err != nil {
+		return fmt.Errorf("store: migrate checkout: %w", err)
+	}
+	return nil
+}
+
+// addColumn adds column (with its definition def) to table unless the
+// table has it. It looks first: an ALTER TABLE takes PostgreSQL's ACCESS
+// EXCLUSIVE lock on the table even when IF NOT EXISTS finds the column,
+// which would stall checkout traffic behind every gateway's start. Safe
+// when several processes open the store at once (PostgreSQL: migrations
+// take turns; SQLite: a column another process added meanwhile is fine).
+func (s *Store) addColumn(ctx context.Context, db migrator, table, column, def string) error {
+	has := func() (bool, error) {
+		q := "SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?"
+		if s.driver == "postgres" {
+			q = "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2"
+		}
+		var n int
+		err := db.QueryRowContext(ctx, q, table, column).Scan(&n)
+		return n > 0, err
+	}
+	if ok, err := has(); err != nil || ok {
+		return err
+	}
+	add := "ALTER TABLE " + table + " ADD COLUMN " + column + " " + def
+	if s.driver == "postgres" {
+		add = "ALTER TABLE " + table + " ADD COLUMN IF NOT EXISTS " + column + " " + def
+	}
+	if _, err := db.ExecContext(ctx, add); err != nil {
+		if ok, herr := has(); herr == nil && ok {
+			return nil // another process added it meanwhile
+		}
+		return fmt.Errorf("add %s.%s: %w", table, column, err)
 	}
 	return nil
 }
@@ -378,12 +445,14 @@ func transient(err error) bool {
 	return false
 }
 
-// transitionSeq orders the transitions this process writes within one
+// transitionSeq tells apart the ids this process mints within one
 // nanosecond (a transaction writes several at the same instant).
 var transitionSeq atomic.Uint32
 
-// newTransitionID mints a transition (and event) id that sorts by time:
-// 8 bytes of unix nanoseconds, a 4-byte process counter, 4 random bytes.
+// newTransitionID mints a transition (and event) id: 8 bytes of unix
+// nanoseconds, a 4-byte process counter, 4 random bytes. It is unique; it
+// does not order a grant's transitions (grant_seq does: the clocks of two
+// gateways differ).
 func newTransitionID(at int64) string {
 	var b [16]byte
 	binary.BigEndian.PutUint64(b[:8], uint64(at))
@@ -393,12 +462,22 @@ func newTransitionID(at int64) string {
 }
 
 // record appends one transition to the log (and the outbox when it has an
-// event).
+// event). The caller has just changed the grant's coupon_states row in tx
+// (its conditional update took the row): the grant's transition_seq is
+// incremented on that row and the transition takes the new value as its
+// grant_seq, so a grant's transitions are numbered in commit order whatever
+// the gateways' clocks say.
 func (s *Store) record(ctx context.Context, tx *sql.Tx, t Transition) error {
-	_, err := tx.ExecContext(ctx, s.rebind(`INSERT INTO coupon_transitions
-		(transition_id, grant_id, order_id, campaign, user_id, from_state, to_state, cause, at, event, published)
-		VALUES (?,?,?,?,?,?,?,?,?,?,0)`),
-		newTransitionID(t.At), t.GrantID, t.OrderID, t.Campaign, t.User, t.From, t.To, t.Cause, t.At, t.Event)
+	var seq int64
+	err := tx.QueryRowContext(ctx, s.rebind("UPDATE coupon_states SET transition_seq = transition_seq + 1 WHERE grant_id = ? RETURNING transition_seq"),
+		t.GrantID).Scan(&seq)
+	if err != nil {
+		return fmt.Errorf("store: transition seq of %s: %w", t.GrantID, err)
+	}
+	_, err = tx.ExecContext(ctx, s.rebind(`INSERT INTO coupon_transitions
+		(transition_id, grant_id, order_id, campaign, user_id, from_state, to_state, cause, at, event, published, grant_seq)
+		VALUES (?,?,?,?,?,?,?,?,?,?,0,?)`),
+		newTransitionID(t.At), t.GrantID, t.OrderID, t.Campaign, t.User, t.From, t.To, t.Cause, t.At, t.Event, seq)
 	if err != nil {
 		return fmt.Errorf("store: transition: %w", err)
 	}
@@ -1025,10 +1104,11 @@ func (s *Store) ExpireLocks(ctx context.Context, now time.Time, batch int) (int,
 	return n, nil
 }
 
-// Transitions returns a grant's transitions, oldest first.
+// Transitions returns a grant's transitions in the order they committed
+// (grant_seq; at only among those written before grant_seq existed).
 func (s *Store) Transitions(ctx context.Context, grantID string) ([]Transition, error) {
-	rows, err := s.db.QueryContext(ctx, s.rebind(`SELECT transition_id, grant_id, order_id, campaign, user_id, from_state, to_state, cause, at, event
-		FROM coupon_transitions WHERE grant_id = ? ORDER BY at, transition_id`), grantID)
+	rows, err := s.db.QueryContext(ctx, s.rebind(`SELECT transition_id, grant_id, grant_seq, order_id, campaign, user_id, from_state, to_state, cause, at, event
+		FROM coupon_transitions WHERE grant_id = ? ORDER BY grant_seq, at, transition_id`), grantID)
 	if err != nil {
 		return nil, fmt.Errorf("store: transitions: %w", err)
 	}
@@ -1036,7 +1116,7 @@ func (s *Store) Transitions(ctx context.Context, grantID string) ([]Transition, 
 	var out []Transition
 	for rows.Next() {
 		var t Transition
-		if err := rows.Scan(&t.ID, &t.GrantID, &t.OrderID, &t.Campaign, &t.User, &t.From, &t.To, &t.Cause, &t.At, &t.Event); err != nil {
+		if err := rows.Scan(&t.ID, &t.GrantID, &t.Seq, &t.OrderID, &t.Campaign, &t.User, &t.From, &t.To, &t.Cause, &t.At, &t.Event); err != nil {
 			return nil, fmt.Errorf("store: scan: %w", err)
 		}
 		out = append(out, t)
@@ -1067,18 +1147,23 @@ func (s *Store) NoticeExpiring(ctx context.Context, campaign string, now time.Ti
 	return int(n), nil
 }
 
-// PendingEvents returns up to limit events not yet published, oldest first:
-// transitions with an event, then expiring notices.
+// PendingEvents returns up to limit events not yet published: transitions
+// with an event, a grant at a time and each grant's in the order they
+// committed (grant_seq), then expiring notices. A publisher that sends them
+// in this order, stopping at the first failure, never sends a grant's event
+// before an earlier one of the same grant: a transition that commits after
+// another of its grant has the higher grant_seq, so a read that sees it sees
+// the earlier one too (or finds it published).
 func (s *Store) PendingEvents(ctx context.Context, limit int) ([]Event, error) {
-	rows, err := s.db.QueryContext(ctx, s.rebind(`SELECT transition_id, event, grant_id, campaign, user_id, order_id, from_state, to_state, cause, at
-		FROM coupon_transitions WHERE published = 0 AND event <> '' ORDER BY at, transition_id LIMIT ?`), limit)
+	rows, err := s.db.QueryContext(ctx, s.rebind(`SELECT transition_id, event, grant_id, grant_seq, campaign, user_id, order_id, from_state, to_state, cause, at
+		FROM coupon_transitions WHERE published = 0 AND event <> '' ORDER BY grant_id, grant_seq, at, transition_id LIMIT ?`), limit)
 	if err != nil {
 		return nil, fmt.Errorf("store: pending events: %w", err)
 	}
 	var out []Event
 	for rows.Next() {
 		var e Event
-		if err := rows.Scan(&e.ID, &e.Type, &e.GrantID, &e.Campaign, &e.User, &e.OrderID, &e.From, &e.To, &e.Cause, &e.At); err != nil {
+		if err := rows.Scan(&e.ID, &e.Type, &e.GrantID, &e.Seq, &e.Campaign, &e.User, &e.OrderID, &e.From, &e.To, &e.Cause, &e.At); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("store: scan: %w", err)
 		}

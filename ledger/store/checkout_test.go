@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/flashgate/flashgate/internal/pgtest"
 )
 
 // The checkout half of the store (issue 13), on both drivers: every test
@@ -633,5 +636,92 @@ func testUsage(t *testing.T, s *Store) {
 	want := []UsageDay{{Day: "2026-11-10"}, {Day: "2026-11-11", Orders: 1, Used: 1, Discount: 500, OrderValue: 9500}, {Day: "2026-11-12", Orders: 1, Used: 1, Discount: 500, OrderValue: 9500}}
 	if !slices.Equal(u.Daily, want) {
 		t.Fatalf("daily %+v", u.Daily)
+	}
+}
+
+// TestCheckoutMigrationAddsGrantSeq: two processes open a fresh database
+// at once (PostgreSQL's CREATE … IF NOT EXISTS is not atomic: migrations
+// take turns). Then a database of the earlier schema (no transition_seq, no
+// grant_seq), with a grant's history and an event still in the outbox, is
+// opened by two processes at once: both open, the columns are added with
+// their defaults, the earlier transitions keep their order (grant_seq 0, by
+// at) before every new one, and the new ones follow the commit order
+// though their clock is behind.
+func TestCheckoutMigrationAddsGrantSeq(t *testing.T) {
+	for _, driver := range []string{"sqlite", "postgres"} {
+		t.Run(driver, func(t *testing.T) {
+			ctx := context.Background()
+			dsn := filepath.Join(t.TempDir(), "grants.db")
+			if driver == "postgres" {
+				dsn = pgtest.Fresh(t)
+			}
+			openTwo := func() [2]*Store {
+				var stores [2]*Store
+				var errs [2]error
+				var wg sync.WaitGroup
+				for i := range stores {
+					wg.Add(1)
+					go func() { defer wg.Done(); stores[i], errs[i] = Open(ctx, driver, dsn) }()
+				}
+				wg.Wait()
+				for i, s := range stores {
+					if errs[i] != nil {
+						t.Fatalf("open %d: %v", i, errs[i])
+					}
+					t.Cleanup(func() { s.Close() })
+				}
+				return stores
+			}
+			old := openTwo()[0]
+			g := seed(t, old, "c", "u1", 0, 1)[0]
+			// Back to the earlier schema, where order A locked g at T+10ms
+			// and was cancelled at T+11ms.
+			T := t0.UnixNano()
+			for _, q := range []struct {
+				q    string
+				args []any
+			}{
+				{"DROP INDEX coupon_transitions_outbox", nil},
+				{"ALTER TABLE coupon_states DROP COLUMN transition_seq", nil},
+				{"ALTER TABLE coupon_transitions DROP COLUMN grant_seq", nil},
+				{"INSERT INTO coupon_states VALUES (?, 'u1', 'c', 'unused', '', 0, 0, ?)", []any{g, T + 11e6}},
+				{"INSERT INTO coupon_transitions VALUES ('old-1', ?, 'A', 'c', 'u1', 'unused', 'locked', 'redeem', ?, '', 0)", []any{g, T + 10e6}},
+				{"INSERT INTO coupon_transitions VALUES ('old-2', ?, 'A', 'c', 'u1', 'locked', 'unused', 'cancel', ?, 'released', 0)", []any{g, T + 11e6}},
+			} {
+				if _, err := old.db.ExecContext(ctx, old.rebind(q.q), q.args...); err != nil {
+					t.Fatalf("%s: %v", q.q, err)
+				}
+			}
+			stores := openTwo()
+			// A gateway whose clock is 10 ms behind takes the coupon and confirms.
+			if _, _, err := stores[1].Redeem(ctx, redeemOf("B", "u1", t0, g)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := stores[1].Confirm(ctx, "B", "u1", t0.Add(time.Millisecond)); err != nil {
+				t.Fatal(err)
+			}
+			ts, err := stores[0].Transitions(ctx, g)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, tr := range ts {
+				got = append(got, fmt.Sprintf("%d:%s→%s(%s)", tr.Seq, tr.From, tr.To, tr.OrderID))
+			}
+			if want := []string{"0:unused→locked(A)", "0:locked→unused(A)", "1:unused→locked(B)", "2:locked→used(B)"}; !slices.Equal(got, want) {
+				t.Errorf("log %v, want %v", got, want)
+			}
+			evs, err := stores[0].PendingEvents(ctx, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = got[:0]
+			for _, e := range evs {
+				got = append(got, fmt.Sprintf("%d:%s(%s)", e.Seq, e.Type, e.OrderID))
+			}
+			if want := []string{"0:released(A)", "2:used(B)"}; !slices.Equal(got, want) {
+				t.Errorf("outbox %v, want %v", got, want)
+			}
+		})
 	}
 }

@@ -187,7 +187,42 @@ func (s *Store) Close() error {
 // Driver names the driver.
 func (s *Store) Driver() string { return s.driver }
 
+// migrateLockKey is the PostgreSQL advisory lock migrations take turns on
+// ("flashgat").
+const migrateLockKey = 0x666c617368676174
+
+// migrator runs the schema statements: one connection, held for the whole
+// migration.
+type migrator interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// migrate creates what the schema lacks; it only adds (tables, columns,
+// indexes), so a database of an earlier version keeps its data. On
+// PostgreSQL, CREATE … IF NOT EXISTS is not atomic — two processes opening
+// one database at once (gateways started together, a gateway and a sink)
+// could both find an index missing and one fail on the catalog's unique
+// index — so migrations hold a session advisory lock and take turns. On
+// SQLite each statement runs under the file's write lock.
 func (s *Store) migrate(ctx context.Context) error {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	defer conn.Close()
+	if s.driver == "postgres" {
+		if _, err := conn.ExecContext(ctx, "SELECT pg_advisory_lock($1)", int64(migrateLockKey)); err != nil {
+			return fmt.Errorf("store: migrate: lock: %w", err)
+		}
+		defer func() {
+			_, _ = conn.ExecContext(context.Background(), "SELECT pg_advisory_unlock($1)", int64(migrateLockKey))
+		}()
+	}
+	return s.migrateOn(ctx, conn)
+}
+
+func (s *Store) migrateOn(ctx context.Context, db migrator) error {
 	stmts := []string{
 		`CREATE TABLE IF NOT EXISTS grants (
 			grant_id TEXT PRIMARY KEY,
@@ -218,11 +253,11 @@ func (s *Store) migrate(ctx context.Context) error {
 		`CREATE TABLE IF NOT EXISTS campaigns (id TEXT PRIMARY KEY, definition TEXT NOT NULL, updated_at BIGINT NOT NULL)`,
 	}
 	for _, q := range stmts {
-		if _, err := s.db.ExecContext(ctx, q); err != nil {
+		if _, err := db.ExecContext(ctx, q); err != nil {
 			return fmt.Errorf("store: migrate: %w", err)
 		}
 	}
-	return s.migrateCheckout(ctx) // checkout.go
+	return s.migrateCheckout(ctx, db) // checkout.go
 }
 
 // rebind turns ? placeholders into $n for PostgreSQL.
