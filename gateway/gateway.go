@@ -28,7 +28,8 @@
 //	config.go           Config: defaults, file and environment, Validate
 //	routes.go           the route table and the router (roles, 404, 405)
 //	server.go           the fasthttp servers' error handler and logger
-//	auth.go             JWT verification, trusted proxies, the client IP
+//	auth.go             authentication (JWT or trusted header), trusted proxies, the client IP
+//	jwt.go              the JWT verifier for the pinned algorithm (HS256 or EdDSA; exp, nbf, iss, aud)
 //	tokencache.go       verified end-user tokens
 //	claim.go            POST /v1/campaigns/{campaign}/claim
 //	codeguess.go        the claim's limit on wrong redemption codes
