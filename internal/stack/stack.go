@@ -58,6 +58,9 @@ type Options struct {
 	PublicListener net.Listener
 	// GatewayOptions are passed to gateway.New (fault injection).
 	GatewayOptions []gateway.Option
+	// RedisAddrs, when set, is redis.addrs (a Redis Cluster of package
+	// rediscluster); no server is started and Stack.Redis is nil.
+	RedisAddrs []string
 }
 
 // NewSink is the embedded sink, wired as cmd/flashgate wires it.
@@ -69,7 +72,7 @@ func NewSink(js jetstream.JetStream, st *store.Store, log *slog.Logger) (gateway
 func Start(t testing.TB, o Options) *Stack {
 	t.Helper()
 	s := &Stack{t: t, Redis: o.Redis}
-	if s.Redis == nil {
+	if s.Redis == nil && len(o.RedisAddrs) == 0 {
 		s.Redis = redisserver.Start(t, redisserver.Options{AOF: o.AOF})
 	}
 	cfg := gateway.DefaultConfig()
@@ -78,7 +81,11 @@ func Start(t testing.TB, o Options) *Stack {
 	if cfg.DataDir == "" {
 		cfg.DataDir = t.TempDir()
 	}
-	cfg.Redis.Addrs = []string{s.Redis.Addr()}
+	if len(o.RedisAddrs) > 0 {
+		cfg.Redis.Addrs = append([]string(nil), o.RedisAddrs...)
+	} else {
+		cfg.Redis.Addrs = []string{s.Redis.Addr()}
+	}
 	cfg.Auth.HS256Secret = Secret
 	cfg.Admin.Tokens = map[string]string{AdminToken: "admin", CheckoutToken: "checkout"}
 	cfg.Log.Level = "warn"
