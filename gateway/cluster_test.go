@@ -1,12 +1,16 @@
 package gateway_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,19 +35,29 @@ import (
 type fleet struct {
 	cl  *rediscluster.Cluster
 	gws []*stack.Stack
+	// logs holds gw-0's log (JSON, info and above).
+	logs *syncBuffer
 }
 
 // startFleet starts n gateways on cl; tweak (may be nil) adjusts each config.
 func startFleet(t *testing.T, cl *rediscluster.Cluster, n int, tweak func(i int, c *gateway.Config)) *fleet {
 	t.Helper()
-	f := &fleet{cl: cl}
+	f := &fleet{cl: cl, logs: &syncBuffer{}}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("gw-0's log:\n%s", f.logs.String())
+		}
+	})
 	dsn := pgtest.Fresh(t)
 	for i := 0; i < n; i++ {
 		var natsURL string
+		var opts []gateway.Option
 		if i > 0 {
 			natsURL = f.gws[0].Gateway.NATSURL()
+		} else {
+			opts = append(opts, gateway.WithLogger(slog.New(slog.NewJSONHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))))
 		}
-		f.gws = append(f.gws, stack.Start(t, stack.Options{RedisAddrs: cl.Addrs(), Tweak: func(c *gateway.Config) {
+		f.gws = append(f.gws, stack.Start(t, stack.Options{RedisAddrs: cl.Addrs(), GatewayOptions: opts, Tweak: func(c *gateway.Config) {
 			c.NodeID = "gw-" + strconv.Itoa(i)
 			c.NATS.URL = natsURL
 			c.Store.Driver, c.Store.DSN = "postgres", dsn
@@ -231,4 +245,287 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// tap is one claim and its answer.
+type tap struct {
+	user       string
+	key        string
+	afterKill  bool // sent after the master was dead
+	ans        stack.Answer
+	err        error
+	gatewayIdx int
+}
+
+// TestClusterMasterKilledMidDrop: in the middle of a drop over three
+// gateways, the master holding the most shards is killed. Its shards answer
+// 503 and grant nothing, while the shards on the other masters keep granting
+// — their users' claims steal from each other, so the live masters sell all
+// their stock — and nobody is told sold_out (the dead shards' stock is
+// unknown); /readyz stays 200 on every gateway and names the dead master.
+// After it restarts with its data, its shards grant again, every tap that got
+// 503 is answered by its retry, and the sold-out drop is exact (I1–I3) and
+// audits clean.
+func TestClusterMasterKilledMidDrop(t *testing.T) {
+	if testing.Short() {
+		t.Skip("Redis Cluster master kill skipped in -short")
+	}
+	cl := rediscluster.Start(t, rediscluster.Options{})
+	f := startFleet(t, cl, 3, nil)
+	const id, units, shards = "ckill", 1600, 32
+	f.create(t, stack.Campaign{ID: id, Stock: units, Shards: shards, PerUserLimit: 1})
+	sm := shardMasters(t, cl, id, shards)
+	count := map[*rediscluster.Node]int{}
+	for _, m := range sm {
+		count[m]++
+	}
+	var victim *rediscluster.Node
+	for m, n := range count {
+		if victim == nil || n > count[victim] {
+			victim = m
+		}
+	}
+	onVictim := func(user string) bool { return sm[stock.HomeShard(user, shards)] == victim }
+	t.Logf("victim %s holds %d of %d shards", victim.Addr(), count[victim], shards)
+	// The users: 600 whose home shard is on the victim, 1,400 whose home is
+	// one of half of the live shards ("hot"). The cold live shards sell only
+	// through stealing, and the live masters' 1,000 units are fewer than
+	// their 1,400 users.
+	hot := map[int]bool{}
+	for i := 0; i < shards; i++ {
+		if sm[i] != victim && len(hot) < (shards-count[victim])/2 {
+			hot[i] = true
+		}
+	}
+	const users1 = 2000
+	var names []string
+	for i, nVictim, nHot := 0, 0, 0; nVictim+nHot < users1; i++ {
+		name := fmt.Sprintf("k1-%05d", i)
+		switch h := stock.HomeShard(name, shards); {
+		case sm[h] == victim && nVictim < 600:
+			nVictim++
+		case hot[h] && nHot < 1400:
+			nHot++
+		default:
+			continue
+		}
+		names = append(names, name)
+	}
+
+	// Phase 1: the 2,000 users arrive over about 4 s, one tap each; the
+	// victim is killed after a second.
+	ctx := context.Background()
+	taps := make([]tap, users1)
+	var killed sync.WaitGroup
+	killed.Add(1)
+	var dead atomic.Bool
+	go func() {
+		defer killed.Done()
+		time.Sleep(time.Second)
+		victim.Kill()
+		dead.Store(true)
+	}()
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for u := 0; u < users1; u++ {
+		time.Sleep(time.Until(t0.Add(time.Duration(u) * 2 * time.Millisecond)))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tp := &taps[u]
+			tp.user, tp.key, tp.gatewayIdx = names[u], names[u]+"-tap", u%3
+			tp.afterKill = dead.Load()
+			tp.ans, tp.err = f.gws[tp.gatewayIdx].Claim(ctx, stack.ClaimRequest{Campaign: id, User: tp.user, Device: "d-" + tp.user, IdempotencyKey: tp.key})
+		}()
+	}
+	wg.Wait()
+	killed.Wait()
+	var liveGranted, liveGrantedAfter, live503, dead503 int
+	for _, tp := range taps {
+		switch {
+		case tp.err != nil:
+			t.Fatalf("tap %s: %v", tp.user, tp.err)
+		case tp.ans.Status != "granted" && tp.ans.HTTP != 503:
+			t.Fatalf("tap %s: %+v (want granted or 503: nothing is sold out while a master is down)", tp.user, tp.ans)
+		case tp.ans.HTTP == 503 && tp.ans.RetryAfter == "":
+			t.Errorf("503 without Retry-After: %+v", tp.ans)
+		case onVictim(tp.user) && tp.afterKill && tp.ans.Status == "granted":
+			t.Errorf("tap %s on the dead master granted: %+v", tp.user, tp.ans)
+		case onVictim(tp.user) && tp.afterKill:
+			dead503++
+		case onVictim(tp.user):
+		case tp.ans.Status == "granted":
+			liveGranted++
+			if tp.afterKill {
+				liveGrantedAfter++
+			}
+		default:
+			live503++
+		}
+	}
+	if liveGrantedAfter < 100 || dead503 < 50 {
+		t.Fatalf("outage barely overlapped the load: %d grants on live masters and %d refusals on the dead one after the kill", liveGrantedAfter, dead503)
+	}
+	// Every unit of the live masters was sold while the victim was down.
+	rc, err := gateway.NewRedisClient(gateway.RedisConfig{Addrs: cl.Addrs(), Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	for i, m := range sm {
+		if m == victim {
+			continue
+		}
+		if n, err := rc.Do(ctx, rc.B().Get().Key(stock.StockKey(id, i)).Build()).AsInt64(); err != nil || n != 0 {
+			t.Errorf("live shard %d holds %d units (%v) after the outage phase: its users should have had them", i, n, err)
+		}
+	}
+	t.Logf("with %s dead: %d grants on the live masters (%d after the kill; then %d taps 503 once they were empty), %d taps on the dead master answered 503",
+		victim.Addr(), liveGranted, liveGrantedAfter, live503, dead503)
+	checkReadyWithMasterDown(t, f, victim, count[victim], shards)
+
+	// Phase 2: the master returns with its data; every tap that got 503
+	// is retried with its Idempotency-Key and answered.
+	restarted := time.Now()
+	victim.Restart(false)
+	o := newOutcomes()
+	for _, tp := range taps {
+		if tp.ans.Status == "granted" {
+			o.add(tp.user, tp.ans)
+		}
+	}
+	var firstGrant time.Duration
+	var once sync.Once
+	sem := make(chan struct{}, 64)
+	for _, tp := range taps {
+		if tp.ans.Status == "granted" {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			var a stack.Answer
+			var err error
+			wait.Until(ctx, 20*time.Second, func() bool {
+				a, err = f.gws[tp.gatewayIdx].Claim(ctx, stack.ClaimRequest{Campaign: id, User: tp.user, Device: "d-" + tp.user, IdempotencyKey: tp.key})
+				return err != nil || a.HTTP != 503
+			})
+			if err != nil || (a.Status != "granted" && a.Status != "sold_out") {
+				t.Errorf("retry of %s after the restart: %+v %v", tp.user, a, err)
+				return
+			}
+			if a.Status == "granted" {
+				once.Do(func() { firstGrant = time.Since(restarted) })
+			}
+			o.add(tp.user, a)
+		}()
+	}
+	wg.Wait()
+	t.Logf("the dead master's shards granted again %v after its restart began; retries: %v", firstGrant.Round(time.Millisecond), o.byStatus)
+	for _, g := range f.gws {
+		wait.For(t, 10*time.Second, g.Config.NodeID+" /readyz redis ok after the restart", func() bool {
+			code, rz := getReadyzBody(t, g)
+			return code == 200 && rz.Checks["redis"] == "ok" && metric(t, g.Gateway, `flashgate_redis_master_up{master="`+victim.Addr()+`"}`) == 1
+		})
+	}
+	wait.For(t, 5*time.Second, "gw-0 to log the master back", func() bool {
+		return strings.Contains(f.logs.String(), `"msg":"redis master answers again`)
+	})
+
+	// Phase 3: whatever is left, until sold out.
+	for u := 0; u < 300; u++ {
+		user := fmt.Sprintf("k3-%05d", u)
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			claimRetrying(ctx, f.gws[u%3], o, stack.ClaimRequest{Campaign: id, User: user, Device: "d-" + user, IdempotencyKey: user + "-tap"})
+		}()
+	}
+	wg.Wait()
+	requireExact(t, f.gws[0], o, id, units, 1)
+	f.audit(t, 30*time.Second)
+}
+
+// readyzBody is GET /readyz's answer.
+type readyzBody struct {
+	Ready        bool              `json:"ready"`
+	Checks       map[string]string `json:"checks"`
+	RedisMasters []struct {
+		Addr       string `json:"addr"`
+		Status     string `json:"status"`
+		LiveShards int    `json:"live_shards"`
+	} `json:"redis_masters"`
+}
+
+func getReadyzBody(t *testing.T, s *stack.Stack) (int, readyzBody) {
+	t.Helper()
+	resp, err := s.HTTP.Get(s.AdminURL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var r readyzBody
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, r
+}
+
+// checkReadyWithMasterDown: with one master dead, every gateway stays ready
+// (the other masters' shards serve), says Redis is degraded naming the dead
+// master and how many live shards it holds, reports it down in its metrics,
+// and has warned about it.
+func checkReadyWithMasterDown(t *testing.T, f *fleet, victim *rediscluster.Node, victimShards, shards int) {
+	t.Helper()
+	for _, g := range f.gws {
+		code, rz := getReadyzBody(t, g)
+		if code != 200 || !rz.Ready || !strings.HasPrefix(rz.Checks["redis"], "degraded") || !strings.Contains(rz.Checks["redis"], victim.Addr()) {
+			t.Fatalf("%s /readyz with master %s down: HTTP %d %+v", g.Config.NodeID, victim.Addr(), code, rz)
+		}
+		var seen, live int
+		for _, m := range rz.RedisMasters {
+			live += m.LiveShards
+			switch {
+			case m.Addr == victim.Addr() && (m.Status == "ok" || m.LiveShards != victimShards):
+				t.Errorf("%s: dead master listed as %+v", g.Config.NodeID, m)
+			case m.Addr == victim.Addr():
+				seen++
+			case m.Status != "ok":
+				t.Errorf("%s: live master listed as %+v", g.Config.NodeID, m)
+			}
+		}
+		if seen != 1 || len(rz.RedisMasters) != 3 || live != shards {
+			t.Errorf("%s: redis_masters %+v", g.Config.NodeID, rz.RedisMasters)
+		}
+		wait.For(t, 5*time.Second, g.Config.NodeID+"'s gauge of the dead master", func() bool {
+			return metric(t, g.Gateway, `flashgate_redis_master_up{master="`+victim.Addr()+`"}`) == 0 &&
+				metric(t, g.Gateway, "flashgate_redis_live_shards_down") == float64(victimShards)
+		})
+	}
+	t.Logf("gw-0 /readyz with the master down: %s", func() string { _, rz := getReadyzBody(t, f.gws[0]); return rz.Checks["redis"] }())
+	wait.For(t, 5*time.Second, "gw-0 to warn about the dead master", func() bool {
+		return strings.Contains(f.logs.String(), `"msg":"redis master down`) && strings.Contains(f.logs.String(), victim.Addr())
+	})
+}
+
+// syncBuffer is a goroutine-safe log sink.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -42,6 +42,7 @@
 //	pipeline.go         store, GRANTS stream, relay, embedded sink, reconciler, snapshots
 //	ledgerdisk.go       a failed ledger disk: supervisor, readiness, metrics
 //	health.go           GET /healthz, GET /readyz
+//	redishealth.go      Redis masters holding live shards: readiness, gauge, warnings
 //	metrics.go          GET /metrics and the metrics
 //	admin.go            admin tokens and roles, admin answers, shared adapters
 //	admin_campaigns.go  /admin/v1/campaigns[/{id}]: create, list, get, patch, delete
@@ -353,7 +354,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	loops := []func(context.Context){g.reg.Run, g.connectRedis, g.flushStats, g.sweepTransfers, g.allotLoop, g.settleUnsettled, g.markSettled, g.relay.Run, g.reconcile,
-		g.risk.Run, g.saveSnapshots, g.superviseLedger}
+		g.risk.Run, g.saveSnapshots, g.superviseLedger, g.watchRedisMasters}
 	if g.sink != nil {
 		loops = append(loops, g.sink.Run)
 	}

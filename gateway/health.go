@@ -19,18 +19,22 @@ func serveHealthz(_ *Gateway, ctx *fasthttp.RequestCtx, _ *request) {
 }
 
 // serveReadyz: every dependency a claim needs, 503 when one is missing.
+// redis_masters lists every Redis master, whether it answers and how many
+// shards of live campaigns it holds (redishealth.go).
 func serveReadyz(g *Gateway, ctx *fasthttp.RequestCtx, _ *request) {
-	checks, ok := g.readiness()
+	checks, masters, ok := g.readiness()
 	code := fasthttp.StatusOK
 	if !ok {
 		code = fasthttp.StatusServiceUnavailable
 		ctx.Response.Header.Set("Retry-After", "1")
 	}
-	adminJSON(ctx, code, map[string]any{"ready": ok, "checks": checks})
+	adminJSON(ctx, code, map[string]any{"ready": ok, "checks": checks, "redis_masters": masters})
 }
 
-// readiness checks every dependency a claim needs.
-func (g *Gateway) readiness() (map[string]string, bool) {
+// readiness checks every dependency a claim needs. Redis is per master: a
+// master that is down while others serve makes it "degraded", not failing
+// (see redishealth.go for why).
+func (g *Gateway) readiness() (map[string]string, []redisMaster, bool) {
 	checks := map[string]string{}
 	ok := true
 	fail := func(name, msg string) { checks[name] = msg; ok = false }
@@ -39,17 +43,11 @@ func (g *Gateway) readiness() (map[string]string, bool) {
 	} else {
 		checks["process"] = "ok"
 	}
-	if c := g.redisC.Load(); c == nil {
-		fail("redis", "not connected")
+	rep := g.probeRedis(context.Background())
+	if msg, redisOK := rep.readiness(); redisOK {
+		checks["redis"] = msg
 	} else {
-		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		err := (*c).Do(ctx, (*c).B().Ping().Build()).Error()
-		cancel()
-		if err != nil {
-			fail("redis", err.Error())
-		} else {
-			checks["redis"] = "ok"
-		}
+		fail("redis", msg)
 	}
 	if !g.risk.Synced() {
 		checks["risk"] = "degraded: risk rules watch not live; the last rules stay in force"
@@ -78,5 +76,8 @@ func (g *Gateway) readiness() (map[string]string, bool) {
 	if g.relay.Backlog() > uint64(g.cfg.Relay.BacklogMax) {
 		fail("relay_backlog", fmt.Sprintf("%d grants not yet in JetStream (max %d)", g.relay.Backlog(), g.cfg.Relay.BacklogMax))
 	}
-	return checks, ok
+	if rep.masters == nil {
+		rep.masters = []redisMaster{}
+	}
+	return checks, rep.masters, ok
 }

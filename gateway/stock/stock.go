@@ -109,6 +109,12 @@
 // A unit is always either on a shard or in exactly one pending record, so
 // stock is conserved; the stealer claims the unit it moved in the same script
 // that credits it, so moved stock does not rest where a survey might miss it.
+// A shard the survey cannot read (its Redis Cluster master is down) is no
+// donor, and the others still are, so the shards that answer sell all their
+// stock; but while any shard is unread the campaign is never declared sold
+// out — the claim answers ErrUnavailable (503) instead, because the unread
+// shard's stock is unknown.
+//
 // A gateway that dies between 1 and 3 leaves a pending record; Sweep (run
 // periodically by every gateway) credits records older than transferOrphanAge
 // to their recipient (idempotent through the marker) and finishes them.
@@ -427,7 +433,11 @@ func ttlArg(d time.Duration) string {
 func (s *Store) steal(ctx context.Context, c *Claim, home int) (Result, error) {
 	zeroSurveys := 0
 	for round := 0; round < stealRoundsMax; round++ {
-		sv, err := s.survey(ctx, c.Campaign, c.Shards)
+		// A shard that does not answer (its Redis Cluster master is down)
+		// is no donor, but the others are: the drop goes on with the stock
+		// of the shards that answer. Sold out is never concluded while a
+		// shard is unread (I3): its stock is unknown.
+		sv, err := s.surveyReachable(ctx, c.Campaign, c.Shards)
 		if err != nil {
 			return Result{}, err
 		}
@@ -449,6 +459,9 @@ func (s *Store) steal(ctx context.Context, c *Claim, home int) (Result, error) {
 					return r.result(home)
 				}
 				continue
+			}
+			if sv.unread > 0 {
+				return Result{}, fmt.Errorf("%w: no stock on the shards that answer; %d shard(s) unreachable: %v", ErrUnavailable, sv.unread, sv.unreadErr)
 			}
 			if sv.pending == 0 {
 				zeroSurveys++
@@ -503,14 +516,30 @@ func (s *Store) land(ctx context.Context, c *Claim, home, donor int, xferID stri
 type surveyResult struct {
 	stock   []int64
 	granted int64
-	pending int64 // units in pending transfers, all shards
+	pending int64 // units in pending transfers, all shards read
 	// unsettled grants (counted in granted) not yet marked as in a ledger
 	unsettled int64
+	// unread shards (surveyReachable only) count as 0 above; unreadErr is
+	// the first one's error.
+	unread    int
+	unreadErr error
 }
 
 // survey reads every shard, each one atomically (shardScript); the shards
-// are read concurrently (auto-pipelined), not as one snapshot.
+// are read concurrently (auto-pipelined), not as one snapshot. A shard that
+// cannot be read fails the survey.
 func (s *Store) survey(ctx context.Context, campaign string, shards int) (surveyResult, error) {
+	sv, err := s.surveyReachable(ctx, campaign, shards)
+	if err == nil && sv.unread > 0 {
+		err = sv.unreadErr
+	}
+	return sv, err
+}
+
+// surveyReachable is survey that counts the shards it cannot read (a Redis
+// Cluster master down) instead of failing; it fails when no shard answers,
+// or when one that answers is not initialised.
+func (s *Store) surveyReachable(ctx context.Context, campaign string, shards int) (surveyResult, error) {
 	sv := surveyResult{stock: make([]int64, shards)}
 	res := make([]rueidis.RedisResult, shards)
 	var wg sync.WaitGroup
@@ -525,7 +554,11 @@ func (s *Store) survey(ctx context.Context, campaign string, shards int) (survey
 	for i, r := range res {
 		v, err := r.AsIntSlice()
 		if err != nil || len(v) != 4 {
-			return sv, fmt.Errorf("%w: shard %d: %v", ErrUnavailable, i, err)
+			sv.unread++
+			if sv.unreadErr == nil {
+				sv.unreadErr = fmt.Errorf("%w: shard %d: %v", ErrUnavailable, i, err)
+			}
+			continue
 		}
 		if v[0] < 0 {
 			return sv, ErrNotInitialized
@@ -534,6 +567,9 @@ func (s *Store) survey(ctx context.Context, campaign string, shards int) (survey
 		sv.granted += v[1]
 		sv.pending += v[2]
 		sv.unsettled += v[3]
+	}
+	if sv.unread == shards {
+		return sv, sv.unreadErr
 	}
 	return sv, nil
 }
