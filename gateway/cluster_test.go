@@ -529,3 +529,194 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestClusterReshardMidDrop: while three gateways take a drop, about 300
+// hash slots move between the masters — every slot holding one of the
+// campaign's 32 shards among them, each in eight MIGRATEs 25 ms apart, so that
+// claims meet slots in migration (TRYAGAIN for the multi-key scripts, ASK for
+// single keys) and then MOVED. No claim answers 500, every claim is answered
+// (a 503 is retried, as an app does), and the grants answered are exactly
+// those Redis, the three ledgers and the store count (I1–I3, the audit).
+func TestClusterReshardMidDrop(t *testing.T) {
+	if testing.Short() {
+		t.Skip("Redis Cluster resharding skipped in -short")
+	}
+	cl := rediscluster.Start(t, rediscluster.Options{})
+	f := startFleet(t, cl, 3, nil)
+	// More units than the load can take however long the move lasts on a
+	// loaded machine: the claims keep reaching Redis until the move is over.
+	const id, units, shards = "cmove", 20000, 32
+	f.create(t, stack.Campaign{ID: id, Stock: units, Shards: shards, PerUserLimit: 1})
+
+	// Every shard's slot moves to the next master, then 90 more slots of
+	// each master (empty ones: a resharding moves more than one's keys).
+	masters := cl.Masters()
+	next := map[*rediscluster.Node]*rediscluster.Node{}
+	for i, m := range masters {
+		next[m] = masters[(i+1)%len(masters)]
+	}
+	sm := shardMasters(t, cl, id, shards)
+	shardSlot := map[int]bool{}
+	type move struct {
+		slots []int
+		to    *rediscluster.Node
+	}
+	var moves []move
+	for i := 0; i < shards; i++ {
+		s := rediscluster.KeySlot(stock.StockKey(id, i))
+		if !shardSlot[s] {
+			shardSlot[s] = true
+			moves = append(moves, move{[]int{s}, next[sm[i]]})
+		}
+	}
+	withShards, slotsMoved := len(moves), len(moves)
+	for _, m := range masters {
+		var filler []int
+		for _, s := range cl.SlotsOf(m) {
+			if !shardSlot[s] && len(filler) < 90 {
+				filler = append(filler, s)
+			}
+		}
+		moves = append(moves, move{filler, next[m]})
+		slotsMoved += len(filler)
+	}
+
+	ctx := context.Background()
+	o := newOutcomes()
+	var final503 atomic.Int64
+	var retried sync.Map // distinct 503 messages
+	claim := func(g *stack.Stack, r stack.ClaimRequest) {
+		for i := 0; ; i++ {
+			a, err := g.Claim(ctx, r)
+			if err != nil {
+				o.mu.Lock()
+				o.errs = append(o.errs, err)
+				o.mu.Unlock()
+				return
+			}
+			if a.HTTP >= 500 && a.HTTP != 503 {
+				t.Errorf("claim answered HTTP %d: %+v", a.HTTP, a)
+			}
+			if a.HTTP == 503 && i < 100 {
+				retried.Store(a.Error, true)
+				o.mu.Lock()
+				o.retries++
+				o.mu.Unlock()
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			if a.HTTP == 503 {
+				final503.Add(1)
+			}
+			o.add(r.User, a)
+			return
+		}
+	}
+
+	// The load: a user every 4 ms (two taps, through two gateways) from
+	// before the first move until 300 users after the last.
+	var moverErr error
+	moverDone := make(chan struct{})
+	var moveTook time.Duration
+	startMoving := make(chan struct{})
+	go func() {
+		defer close(moverDone)
+		<-startMoving
+		t0 := time.Now()
+		for i, m := range moves {
+			o := rediscluster.MoveOptions{Batches: 8, Pause: 25 * time.Millisecond}
+			if i >= withShards {
+				o = rediscluster.MoveOptions{}
+			}
+			if moverErr = cl.MoveSlots(m.slots, m.to, o); moverErr != nil {
+				return
+			}
+		}
+		moveTook = time.Since(t0)
+	}()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 192)
+	t0 := time.Now()
+	const usersMax = units / 2
+	users, usersAtEnd := 0, 0
+	for ; users < usersMax && (usersAtEnd == 0 || users < usersAtEnd+300); users++ {
+		if users == 300 {
+			close(startMoving)
+		}
+		if usersAtEnd == 0 && users > 300 {
+			select {
+			case <-moverDone:
+				usersAtEnd = users
+			default:
+			}
+		}
+		time.Sleep(time.Until(t0.Add(time.Duration(users) * 4 * time.Millisecond)))
+		user := fmt.Sprintf("m-%05d", users)
+		for k := 0; k < 2; k++ {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				claim(f.gws[(users+k)%3], stack.ClaimRequest{Campaign: id, User: user, Device: "d-" + user, IdempotencyKey: fmt.Sprintf("%s-tap-%d", user, k)})
+			}()
+		}
+	}
+	wg.Wait()
+	<-moverDone
+	if moverErr != nil {
+		t.Fatal(moverErr)
+	}
+	if usersAtEnd == 0 {
+		t.Fatalf("the slots were still moving after %d users", users)
+	}
+	cl.WaitOK()
+	for i := 0; i < shards; i++ {
+		if got, want := cl.MasterOf(rediscluster.KeySlot(stock.StockKey(id, i))), next[sm[i]]; got != want {
+			t.Fatalf("shard %d served by %s after the move, want %s", i, got.Addr(), want.Addr())
+		}
+	}
+	var msgs []string
+	retried.Range(func(k, _ any) bool { msgs = append(msgs, k.(string)); return true })
+	sort.Strings(msgs)
+	var tryAgains float64
+	for _, g := range f.gws {
+		tryAgains += metric(t, g.Gateway, "flashgate_redis_tryagain_total")
+	}
+	t.Logf("%d slots (%d holding the 32 shards) moved in %v while %d users tapped twice through 3 gateways: %v; %.0f scripts met TRYAGAIN and were sent again; %d answers were 503 and retried %q",
+		slotsMoved, withShards, moveTook.Round(time.Millisecond), users, o.byStatus, tryAgains, o.retries, msgs)
+	if tryAgains == 0 {
+		t.Errorf("no claim met a slot in migration: the test moved slots beside the load, not under it")
+	}
+	if final503.Load() > 0 {
+		t.Errorf("%d taps still 503 after 100 retries", final503.Load())
+	}
+	for _, err := range o.errs {
+		t.Error(err)
+	}
+	for st, n := range o.byStatus {
+		if st != "granted" && st != "already_claimed" {
+			t.Errorf("unexpected status %q ×%d", st, n)
+		}
+	}
+	if len(o.grants) != users {
+		t.Errorf("%d grants answered to %d users: every user should hold exactly one", len(o.grants), users)
+	}
+	for user, ids := range o.userGrant {
+		if len(ids) > 1 {
+			t.Errorf("I2: user %s holds %d grants: %v", user, len(ids), ids)
+		}
+	}
+	// I1 and I3: Redis counts exactly the grants answered, and every unit
+	// is either granted or still on a shard.
+	st := f.gws[1].CampaignStats(id)
+	if st.Granted != int64(len(o.grants)) || st.Remaining != units-st.Granted || st.PendingTransfers != 0 || st.Error != "" {
+		t.Errorf("stats disagree with the %d grants answered: %+v", len(o.grants), st)
+	}
+	rep := f.audit(t, 30*time.Second)
+	for _, row := range rep.Campaigns {
+		if row.Campaign == id && (row.Ledger != int64(len(o.grants)) || row.Store != int64(len(o.grants))) {
+			t.Errorf("audit row: %+v", row)
+		}
+	}
+}

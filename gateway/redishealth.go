@@ -318,7 +318,8 @@ func keySlot(key string) uint16 {
 
 // watchRedisMasters probes the masters every redisWatchInterval until ctx
 // ends: it sets flashgate_redis_master_up{master} and
-// flashgate_redis_live_shards_down, and warns when a master holding live
+// flashgate_redis_live_shards_down (and registers
+// flashgate_redis_tryagain_total), and warns when a master holding live
 // shards goes down (again every redisDownWarnEvery while it stays down; the
 // claims for its shards answer 503), and says when it is back.
 func (g *Gateway) watchRedisMasters(ctx context.Context) {
@@ -326,7 +327,15 @@ func (g *Gateway) watchRedisMasters(ctx context.Context) {
 		Help: "1 while the Redis master answers (cluster_state ok), 0 while it does not; one series per master of the slot map."}, []string{"master"})
 	shardsDown := prometheus.NewGauge(prometheus.GaugeOpts{Name: "flashgate_redis_live_shards_down",
 		Help: "Shards of live campaigns whose Redis master does not answer: their claims answer 503."})
-	for _, c := range []prometheus.Collector{up, shardsDown} {
+	tryAgains := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flashgate_redis_tryagain_total",
+		Help: "Stock scripts refused with TRYAGAIN because their shard's hash slot was being moved (resharding), and sent again."},
+		func() float64 {
+			if st := g.stock(); st != nil {
+				return float64(st.TryAgains())
+			}
+			return 0
+		})
+	for _, c := range []prometheus.Collector{up, shardsDown, tryAgains} {
 		if err := g.metrics.reg.Register(c); err != nil {
 			g.log.Error("redis master metrics not registered", "err", err)
 			return

@@ -141,6 +141,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -161,6 +162,11 @@ const (
 	// transferSweepAgeMax: older records are not auto-credited, because their
 	// 7-day marker may have expired (see package comment).
 	transferSweepAgeMax = 6 * 24 * time.Hour
+	// tryAgainPause and tryAgainWaitMax: how often, and how long at most, a
+	// script refused with TRYAGAIN (its slot half moved by a resharding) is
+	// sent again before the claim answers unavailable.
+	tryAgainPause   = 10 * time.Millisecond
+	tryAgainWaitMax = 500 * time.Millisecond
 )
 
 // ErrUnavailable means Redis could not be reached, or did not answer, within
@@ -272,7 +278,14 @@ type Result struct {
 // Store runs the scripts against one Redis deployment (single node or cluster).
 type Store struct {
 	c rueidis.Client
+	// tryAgains counts scripts refused with TRYAGAIN (a slot in migration).
+	tryAgains atomic.Uint64
 }
+
+// TryAgains is how many times a script was refused with TRYAGAIN because
+// its shard's slot was being moved, and sent again (or given up, past
+// tryAgainWaitMax).
+func (s *Store) TryAgains() uint64 { return s.tryAgains.Load() }
 
 // New wraps a rueidis client. The client should have DisableRetry set.
 func New(c rueidis.Client) *Store { return &Store{c: c} }
@@ -547,7 +560,7 @@ func (s *Store) surveyReachable(ctx context.Context, campaign string, shards int
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res[i] = shardScript.Exec(ctx, s.c, []string{StockKey(campaign, i), GrantedKey(campaign, i), xferKey(campaign, i), UnsettledKey(campaign, i)}, nil)
+			res[i] = s.exec(ctx, shardScript, []string{StockKey(campaign, i), GrantedKey(campaign, i), xferKey(campaign, i), UnsettledKey(campaign, i)}, nil)
 		}()
 	}
 	wg.Wait()
@@ -679,6 +692,33 @@ func (r reply) result(shard int) (Result, error) {
 	return Result{}, fmt.Errorf("stock: unexpected script status %d", r.status)
 }
 
+// exec runs a script once, waiting out a hash slot in migration: while a
+// Redis Cluster moves a shard's slot, a script whose keys are partly moved
+// is refused with TRYAGAIN before it runs (every key of a shard shares one
+// hash tag, so a script never runs on half a shard), and is sent again after
+// tryAgainPause, for at most tryAgainWaitMax and never past ctx. MOVED and
+// ASK are followed by the client.
+func (s *Store) exec(ctx context.Context, script *rueidis.Lua, keys, args []string) rueidis.RedisResult {
+	waitUntil := time.Now().Add(tryAgainWaitMax)
+	for {
+		res := script.Exec(ctx, s.c, keys, args)
+		if rerr, ok := rueidis.IsRedisErr(res.Error()); !ok || !rerr.IsTryAgain() {
+			return res
+		}
+		s.tryAgains.Add(1)
+		if !time.Now().Before(waitUntil) {
+			return res
+		}
+		t := time.NewTimer(tryAgainPause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return res
+		case <-t.C:
+		}
+	}
+}
+
 // run executes an idempotent script, re-running it with the same arguments
 // after an unknown outcome (timeout, broken connection), at most
 // scriptAttemptsMax times and never past ctx's deadline.
@@ -688,7 +728,7 @@ func (s *Store) run(ctx context.Context, script *rueidis.Lua, keys, args []strin
 		if ctx.Err() != nil {
 			break
 		}
-		res := script.Exec(ctx, s.c, keys, args)
+		res := s.exec(ctx, script, keys, args)
 		if err := res.Error(); err != nil {
 			if _, isRedisErr := rueidis.IsRedisErr(err); isRedisErr {
 				return reply{}, fmt.Errorf("%w: script error: %v", ErrUnavailable, err)
@@ -785,7 +825,7 @@ func parseReplay(attempt, unsettled rueidis.RedisMessage) (Attempt, error) {
 // attempt never granted (or its record expired).
 func (s *Store) LookupAttempt(ctx context.Context, campaign string, shards int, user, attempt string) (Attempt, bool, error) {
 	home := HomeShard(user, shards)
-	res := attemptScript.Exec(ctx, s.c, []string{attemptKey(campaign, home, user, attempt), UnsettledKey(campaign, home)}, nil)
+	res := s.exec(ctx, attemptScript, []string{attemptKey(campaign, home, user, attempt), UnsettledKey(campaign, home)}, nil)
 	arr, err := res.ToArray()
 	if err != nil {
 		if _, isRedisErr := rueidis.IsRedisErr(err); isRedisErr {

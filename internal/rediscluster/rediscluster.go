@@ -79,8 +79,9 @@ type Node struct {
 	Dir     string
 	// ID is the cluster node id (40 hex characters), stable across restarts
 	// that keep nodes.conf.
-	ID  string
-	cmd *exec.Cmd
+	ID     string
+	cmd    *exec.Cmd
+	client rueidis.Client // this node alone (no redirection); reconnects by itself
 }
 
 // Addr is host:port of the node's client port.
@@ -263,6 +264,12 @@ func (n *Node) Restart(wipe bool) {
 func (c *Cluster) killAll() {
 	for _, n := range c.Nodes {
 		n.Kill()
+		c.mu.Lock()
+		if n.client != nil {
+			n.client.Close()
+			n.client = nil
+		}
+		c.mu.Unlock()
 	}
 }
 
@@ -287,11 +294,20 @@ func (c *Cluster) Node(addrOrID string) *Node {
 
 // do runs one command on this node alone.
 func (n *Node) do(ctx context.Context, args ...string) rueidis.RedisResult {
-	cl, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{n.Addr()}, ForceSingleClient: true, DisableCache: true, DisableRetry: true})
-	if err != nil {
-		return rueidis.NewErrorResult(err)
+	n.c.mu.Lock()
+	cl := n.client
+	if cl == nil {
+		var err error
+		// ForceSingleClient: the client exists even while the node is down
+		// and connects when it is back.
+		cl, err = rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{n.Addr()}, ForceSingleClient: true, DisableCache: true, DisableRetry: true})
+		if cl == nil {
+			n.c.mu.Unlock()
+			return rueidis.NewErrorResult(err)
+		}
+		n.client = cl
 	}
-	defer cl.Close()
+	n.c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, commandTimeout)
 	defer cancel()
 	return cl.Do(ctx, cl.B().Arbitrary(args...).Build())
@@ -478,6 +494,10 @@ func (c *Cluster) Reshard(from, to *Node, n, pipeline int) {
 type MoveOptions struct {
 	// KeysPerMigrate is how many keys one MIGRATE carries (default 10).
 	KeysPerMigrate int
+	// Batches, when set, overrides KeysPerMigrate per slot: its keys move
+	// in about this many MIGRATEs, so a slot stays in migration for about
+	// Batches × Pause however many keys the load has put in it.
+	Batches int
 	// Pause is slept between two MIGRATEs of one slot: it holds the slot
 	// in its migrating state longer, so that clients meet ASK and TRYAGAIN.
 	Pause time.Duration
@@ -513,6 +533,14 @@ func (c *Cluster) MoveSlots(slots []int, to *Node, o MoveOptions) error {
 			continue
 		}
 		s := strconv.Itoa(slot)
+		perMigrate := o.KeysPerMigrate
+		if o.Batches > 0 {
+			n, err := from.do(ctx, "CLUSTER", "COUNTKEYSINSLOT", s).AsInt64()
+			if err != nil {
+				return fmt.Errorf("rediscluster: slot %d COUNTKEYSINSLOT: %w", slot, err)
+			}
+			perMigrate = max(1, int((n+int64(o.Batches)-1)/int64(o.Batches)))
+		}
 		if err := to.do(ctx, "CLUSTER", "SETSLOT", s, "IMPORTING", from.ID).Error(); err != nil {
 			return fmt.Errorf("rediscluster: slot %d IMPORTING on %s: %w", slot, to.Addr(), err)
 		}
@@ -520,7 +548,7 @@ func (c *Cluster) MoveSlots(slots []int, to *Node, o MoveOptions) error {
 			return fmt.Errorf("rediscluster: slot %d MIGRATING on %s: %w", slot, from.Addr(), err)
 		}
 		for {
-			keys, err := from.do(ctx, "CLUSTER", "GETKEYSINSLOT", s, strconv.Itoa(o.KeysPerMigrate)).AsStrSlice()
+			keys, err := from.do(ctx, "CLUSTER", "GETKEYSINSLOT", s, strconv.Itoa(perMigrate)).AsStrSlice()
 			if err != nil {
 				return fmt.Errorf("rediscluster: slot %d GETKEYSINSLOT: %w", slot, err)
 			}
