@@ -64,10 +64,11 @@
 // (which also feeds the low-stock alerts), the allotment loop (allot.go),
 // the settler and the marker of unsettled grants (settle.go), the relay
 // (ledger → JetStream), the reconciler and the snapshot saver
-// (pipeline.go), the ledger supervisor (ledgerdisk.go), checkout's lock
-// and expiring sweepers and coupon-event publisher (couponevents.go) and,
-// when embedded, the sink (JetStream → SQL store; package ledger/sink,
-// wired by cmd through WithSink). The two fasthttp servers end when the stop closes
+// (pipeline.go), the ledger supervisor (ledgerdisk.go), the Redis master
+// watch (redishealth.go), checkout's lock and expiring sweepers and
+// coupon-event publisher (couponevents.go) and, when embedded, the sink
+// (JetStream → SQL store; package ledger/sink, wired by cmd through
+// WithSink). The two fasthttp servers end when the stop closes
 // their listeners. Handler goroutines share the registry snapshot (atomic
 // pointer), the risk state (package risk), the sold-out flags, stats
 // counters and metrics (atomics), the marks queue of settled grants (a
