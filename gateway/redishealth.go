@@ -136,71 +136,13 @@ func (g *Gateway) probeRedis(ctx context.Context) redisReport {
 	c := *cp
 	ctx, cancel := context.WithTimeout(ctx, readyProbeTimeout)
 	defer cancel()
-	nodes := c.Nodes()
 	if c.Mode() != rueidis.ClientModeCluster {
-		// One Redis holds every shard.
-		m := redisMaster{Status: "ok", up: true}
-		for addr, n := range nodes {
-			m.Addr = addr
-			if err := n.Do(ctx, n.B().Ping().Build()).Error(); err != nil {
-				m.Status, m.up = err.Error(), false
-			}
-		}
-		g.placeShards(map[string]*redisMaster{m.Addr: &m}, func(string) string { return m.Addr })
-		return redisReport{masters: []redisMaster{m}}
+		return g.probeSingle(ctx, c)
 	}
-
-	type answer struct {
-		status string // "ok" or why not
-		slots  map[uint16]string
-		err    error // CLUSTER SLOTS failed
-	}
-	answers := make(map[string]*answer, len(nodes))
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for addr, n := range nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a := &answer{}
-			res := n.DoMulti(ctx, n.B().ClusterInfo().Build(), n.B().ClusterSlots().Build())
-			if info, err := res[0].ToString(); err != nil {
-				a.status = err.Error()
-			} else if st := clusterState(info); st != "ok" {
-				a.status = "cluster_state:" + st + " (refuses keys: CLUSTERDOWN)"
-			} else {
-				a.status = "ok"
-			}
-			a.slots, a.err = parseClusterSlots(res[1], addr)
-			mu.Lock()
-			answers[addr] = a
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	// The slot map of the first node (by address) that gave one: every
-	// node of a healthy cluster gives the same, and a dead master's slots
-	// stay listed under it until a replica takes them over.
-	addrs := make([]string, 0, len(answers))
-	for addr := range answers {
-		addrs = append(addrs, addr)
-	}
-	sort.Strings(addrs)
-	var slots map[uint16]string
-	var lastErr error
-	for _, addr := range addrs {
-		if a := answers[addr]; a.err == nil && len(a.slots) > 0 {
-			slots = a.slots
-			break
-		} else if a.err != nil {
-			lastErr = a.err
-		}
-	}
-	if slots == nil {
-		if lastErr == nil {
-			lastErr = errors.New("no node known")
-		}
-		return redisReport{err: fmt.Errorf("no Redis node gives the slot map: %w", lastErr)}
+	answers := probeNodes(ctx, c.Nodes())
+	slots, err := slotMap(answers)
+	if err != nil {
+		return redisReport{err: err}
 	}
 	masters := map[string]*redisMaster{}
 	for _, addr := range slots {
@@ -227,6 +169,75 @@ func (g *Gateway) probeRedis(ctx context.Context) redisReport {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Addr < out[j].Addr })
 	return redisReport{masters: out}
+}
+
+// probeSingle: one Redis (no cluster) holds every shard; it answers PING.
+func (g *Gateway) probeSingle(ctx context.Context, c rueidis.Client) redisReport {
+	m := redisMaster{Status: "ok", up: true}
+	for addr, n := range c.Nodes() {
+		m.Addr = addr
+		if err := n.Do(ctx, n.B().Ping().Build()).Error(); err != nil {
+			m.Status, m.up = err.Error(), false
+		}
+	}
+	g.placeShards(map[string]*redisMaster{m.Addr: &m}, func(string) string { return m.Addr })
+	return redisReport{masters: []redisMaster{m}}
+}
+
+// nodeAnswer is what one cluster node said.
+type nodeAnswer struct {
+	status string            // "ok" or why the node does not serve
+	slots  map[uint16]string // its slot map
+	err    error             // CLUSTER SLOTS failed
+}
+
+// probeNodes asks every node, concurrently, for CLUSTER INFO and CLUSTER
+// SLOTS.
+func probeNodes(ctx context.Context, nodes map[string]rueidis.Client) map[string]*nodeAnswer {
+	answers := make(map[string]*nodeAnswer, len(nodes))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for addr, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a := &nodeAnswer{}
+			res := n.DoMulti(ctx, n.B().ClusterInfo().Build(), n.B().ClusterSlots().Build())
+			if info, err := res[0].ToString(); err != nil {
+				a.status = err.Error()
+			} else if st := clusterState(info); st != "ok" {
+				a.status = "cluster_state:" + st + " (refuses keys: CLUSTERDOWN)"
+			} else {
+				a.status = "ok"
+			}
+			a.slots, a.err = parseClusterSlots(res[1], addr)
+			mu.Lock()
+			answers[addr] = a
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return answers
+}
+
+// slotMap is the slot map of the first node (by address) that gave one:
+// every node of a healthy cluster gives the same, and a dead master's slots
+// stay listed under it until a replica takes them over.
+func slotMap(answers map[string]*nodeAnswer) (map[uint16]string, error) {
+	addrs := make([]string, 0, len(answers))
+	for addr := range answers {
+		addrs = append(addrs, addr)
+	}
+	sort.Strings(addrs)
+	lastErr := errors.New("no node known")
+	for _, addr := range addrs {
+		if a := answers[addr]; a.err == nil && len(a.slots) > 0 {
+			return a.slots, nil
+		} else if a.err != nil {
+			lastErr = a.err
+		}
+	}
+	return nil, fmt.Errorf("no Redis node gives the slot map: %w", lastErr)
 }
 
 // placeShards counts every live shard on the master that serves its slot

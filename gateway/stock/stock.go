@@ -145,6 +145,8 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/flashgate/flashgate/internal/wait"
 )
 
 const (
@@ -162,10 +164,9 @@ const (
 	// transferSweepAgeMax: older records are not auto-credited, because their
 	// 7-day marker may have expired (see package comment).
 	transferSweepAgeMax = 6 * 24 * time.Hour
-	// tryAgainPause and tryAgainWaitMax: how often, and how long at most, a
-	// script refused with TRYAGAIN (its slot half moved by a resharding) is
-	// sent again before the claim answers unavailable.
-	tryAgainPause   = 10 * time.Millisecond
+	// tryAgainWaitMax: how long at most a script refused with TRYAGAIN (its
+	// slot half moved by a resharding) is sent again before the claim
+	// answers unavailable.
 	tryAgainWaitMax = 500 * time.Millisecond
 )
 
@@ -692,31 +693,23 @@ func (r reply) result(shard int) (Result, error) {
 	return Result{}, fmt.Errorf("stock: unexpected script status %d", r.status)
 }
 
-// exec runs a script once, waiting out a hash slot in migration: while a
-// Redis Cluster moves a shard's slot, a script whose keys are partly moved
-// is refused with TRYAGAIN before it runs (every key of a shard shares one
-// hash tag, so a script never runs on half a shard), and is sent again after
-// tryAgainPause, for at most tryAgainWaitMax and never past ctx. MOVED and
-// ASK are followed by the client.
+// exec runs a script, waiting out a hash slot in migration: while a Redis
+// Cluster moves a shard's slot, a script whose keys are partly moved is
+// refused with TRYAGAIN before it runs (every key of a shard shares one hash
+// tag, so a script never runs on half a shard), and is sent again (the
+// bounded backoff of package wait) for at most tryAgainWaitMax and never
+// past ctx. MOVED and ASK are followed by the client.
 func (s *Store) exec(ctx context.Context, script *rueidis.Lua, keys, args []string) rueidis.RedisResult {
-	waitUntil := time.Now().Add(tryAgainWaitMax)
-	for {
-		res := script.Exec(ctx, s.c, keys, args)
-		if rerr, ok := rueidis.IsRedisErr(res.Error()); !ok || !rerr.IsTryAgain() {
-			return res
+	var res rueidis.RedisResult
+	wait.Until(ctx, tryAgainWaitMax, func() bool {
+		res = script.Exec(ctx, s.c, keys, args)
+		if rerr, ok := rueidis.IsRedisErr(res.Error()); ok && rerr.IsTryAgain() {
+			s.tryAgains.Add(1)
+			return false
 		}
-		s.tryAgains.Add(1)
-		if !time.Now().Before(waitUntil) {
-			return res
-		}
-		t := time.NewTimer(tryAgainPause)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return res
-		case <-t.C:
-		}
-	}
+		return true
+	})
+	return res
 }
 
 // run executes an idempotent script, re-running it with the same arguments
