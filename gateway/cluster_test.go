@@ -661,14 +661,15 @@ func TestClusterReshardMidDrop(t *testing.T) {
 			}
 		}
 		time.Sleep(time.Until(t0.Add(time.Duration(users) * 4 * time.Millisecond)))
-		user := fmt.Sprintf("m-%05d", users)
+		u := users
+		user := fmt.Sprintf("m-%05d", u)
 		for k := 0; k < 2; k++ {
 			wg.Add(1)
 			sem <- struct{}{}
 			go func() {
 				defer wg.Done()
 				defer func() { <-sem }()
-				claim(f.gws[(users+k)%3], stack.ClaimRequest{Campaign: id, User: user, Device: "d-" + user, IdempotencyKey: fmt.Sprintf("%s-tap-%d", user, k)})
+				claim(f.gws[(u+k)%3], stack.ClaimRequest{Campaign: id, User: user, Device: "d-" + user, IdempotencyKey: fmt.Sprintf("%s-tap-%d", user, k)})
 			}()
 		}
 	}
