@@ -34,6 +34,7 @@ func TestNATSClusterServerKilledUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("NATS cluster test skipped in -short")
 	}
+	skipUnderRace(t)
 	began := time.Now()
 	servers := natsserver.StartCluster(t, 3)
 	dsn := pgtest.Fresh(t)

@@ -330,30 +330,16 @@ func keySlot(key string) uint16 {
 // watchRedisMasters probes the masters every redisWatchInterval until ctx
 // ends: it sets flashgate_redis_master_up{master} and
 // flashgate_redis_live_shards_down (and registers
-// flashgate_redis_tryagain_total), and warns when a master holding live
-// shards goes down (again every redisDownWarnEvery while it stays down; the
-// claims for its shards answer 503), and says when it is back.
+// flashgate_redis_tryagain_total), warns when a master holding live shards
+// is found down by two probes in a row (again every redisDownWarnEvery while
+// it stays down; the claims for its shards answer 503), and says when it is
+// back.
 func (g *Gateway) watchRedisMasters(ctx context.Context) {
-	up := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "flashgate_redis_master_up",
-		Help: "1 while the Redis master answers (cluster_state ok), 0 while it does not; one series per master of the slot map."}, []string{"master"})
-	shardsDown := prometheus.NewGauge(prometheus.GaugeOpts{Name: "flashgate_redis_live_shards_down",
-		Help: "Shards of live campaigns whose Redis master does not answer: their claims answer 503."})
-	tryAgains := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flashgate_redis_tryagain_total",
-		Help: "Stock scripts refused with TRYAGAIN because their shard's hash slot was being moved (resharding), and sent again."},
-		func() float64 {
-			if st := g.stock(); st != nil {
-				return float64(st.TryAgains())
-			}
-			return 0
-		})
-	for _, c := range []prometheus.Collector{up, shardsDown, tryAgains} {
-		if err := g.metrics.reg.Register(c); err != nil {
-			g.log.Error("redis master metrics not registered", "err", err)
-			return
-		}
+	w, err := g.newMasterWatch()
+	if err != nil {
+		g.log.Error("redis master metrics not registered", "err", err)
+		return
 	}
-	type downState struct{ since, warned time.Time }
-	downs := map[string]*downState{} // masters seen down
 	t := time.NewTicker(redisWatchInterval)
 	defer t.Stop()
 	for {
@@ -372,41 +358,86 @@ func (g *Gateway) watchRedisMasters(ctx context.Context) {
 			}
 			continue
 		}
-		now := time.Now()
-		up.Reset()
-		var down int
-		for _, m := range rep.masters {
-			d := downs[m.Addr]
-			if m.up {
-				up.WithLabelValues(m.Addr).Set(1)
-				if d != nil {
-					delete(downs, m.Addr)
-					if !d.warned.IsZero() {
-						g.log.Info("redis master answers again; its shards are served", "master", m.Addr, "live_shards", m.LiveShards, "down_for", now.Sub(d.since).Round(time.Second).String())
-					}
-				}
-				continue
-			}
-			up.WithLabelValues(m.Addr).Set(0)
-			down += m.LiveShards
-			if d == nil {
-				d = &downState{since: now}
-				downs[m.Addr] = d
-			}
-			if m.LiveShards > 0 && now.Sub(d.warned) >= redisDownWarnEvery {
-				d.warned = now
-				g.log.Warn("redis master down: claims on its shards answer 503, the other shards are served",
-					"master", m.Addr, "status", m.Status, "live_shards", m.LiveShards, "shards", strings.Join(m.shards, ","),
-					"down_for", now.Sub(d.since).Round(time.Second).String())
-			}
-		}
-		for addr := range downs { // masters no longer in the slot map
-			if !rep.has(addr) {
-				delete(downs, addr)
-			}
-		}
-		shardsDown.Set(float64(down))
+		w.observe(rep, time.Now())
 	}
+}
+
+// masterWatch is watchRedisMasters' state: its metrics and the masters it
+// has seen down.
+type masterWatch struct {
+	g          *Gateway
+	up         *prometheus.GaugeVec
+	shardsDown prometheus.Gauge
+	downs      map[string]*masterDown
+}
+
+// masterDown: since when a master is down, when it was last warned about,
+// and how many probes in a row found it down.
+type masterDown struct {
+	since, warned time.Time
+	probes        int
+}
+
+func (g *Gateway) newMasterWatch() (*masterWatch, error) {
+	w := &masterWatch{g: g, downs: map[string]*masterDown{}}
+	w.up = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "flashgate_redis_master_up",
+		Help: "1 while the Redis master answers (cluster_state ok), 0 while it does not; one series per master of the slot map."}, []string{"master"})
+	w.shardsDown = prometheus.NewGauge(prometheus.GaugeOpts{Name: "flashgate_redis_live_shards_down",
+		Help: "Shards of live campaigns whose Redis master does not answer: their claims answer 503."})
+	tryAgains := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flashgate_redis_tryagain_total",
+		Help: "Stock scripts refused with TRYAGAIN because their shard's hash slot was being moved (resharding), and sent again."},
+		func() float64 {
+			if st := g.stock(); st != nil {
+				return float64(st.TryAgains())
+			}
+			return 0
+		})
+	for _, c := range []prometheus.Collector{w.up, w.shardsDown, tryAgains} {
+		if err := g.metrics.reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return w, nil
+}
+
+// observe sets the gauges from one probe and logs what changed.
+func (w *masterWatch) observe(rep redisReport, now time.Time) {
+	w.up.Reset()
+	var down int
+	for _, m := range rep.masters {
+		d := w.downs[m.Addr]
+		if m.up {
+			w.up.WithLabelValues(m.Addr).Set(1)
+			if d != nil {
+				delete(w.downs, m.Addr)
+				if !d.warned.IsZero() {
+					w.g.log.Info("redis master answers again; its shards are served", "master", m.Addr, "live_shards", m.LiveShards, "down_for", now.Sub(d.since).Round(time.Second).String())
+				}
+			}
+			continue
+		}
+		w.up.WithLabelValues(m.Addr).Set(0)
+		down += m.LiveShards
+		if d == nil {
+			d = &masterDown{since: now}
+			w.downs[m.Addr] = d
+		}
+		d.probes++
+		// Two probes in a row: one slow answer on a starved machine is not
+		// an outage worth a warning (the gauge shows it anyway).
+		if m.LiveShards > 0 && d.probes >= 2 && now.Sub(d.warned) >= redisDownWarnEvery {
+			d.warned = now
+			w.g.log.Warn("redis master down: claims on its shards answer 503, the other shards are served",
+				"master", m.Addr, "status", m.Status, "live_shards", m.LiveShards, "shards", strings.Join(m.shards, ","),
+				"down_for", now.Sub(d.since).Round(time.Second).String())
+		}
+	}
+	for addr := range w.downs { // masters no longer in the slot map
+		if !rep.has(addr) {
+			delete(w.downs, addr)
+		}
+	}
+	w.shardsDown.Set(float64(down))
 }
 
 func (r redisReport) has(addr string) bool {

@@ -600,13 +600,30 @@ func parseTransfer(rec string) (recipient int, units int64, atMillis int64, ok b
 }
 
 // Sweep lands pending transfers older than transferOrphanAge (left by a
-// gateway that died mid-steal). It returns how many it completed.
+// gateway that died mid-steal, or by a steal whose Redis call failed). It
+// returns how many it completed; a donor or transfer it cannot handle (its
+// master down) is skipped, the others are swept, and the first such error
+// is returned.
 func (s *Store) Sweep(ctx context.Context, campaign string, shards int, now time.Time) (int, error) {
+	// Every donor's pending transfers in one round trip: read one by one,
+	// a loaded Redis (or a dead master on the way) left the donors after it
+	// unswept, and a unit orphaned there held up the end of the drop.
+	reads := make(rueidis.Commands, shards)
+	for donor := range reads {
+		reads[donor] = s.c.B().Hgetall().Key(xferKey(campaign, donor)).Build()
+	}
 	done := 0
-	for donor := 0; donor < shards; donor++ {
-		m, err := s.c.Do(ctx, s.c.B().Hgetall().Key(xferKey(campaign, donor)).Build()).AsStrMap()
-		if err != nil {
-			return done, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	var firstErr error
+	keep := func(err error) {
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	for donor, res := range s.c.DoMulti(ctx, reads...) {
+		m, err := res.AsStrMap()
+		if err != nil { // this donor's master is down: sweep the others
+			keep(fmt.Errorf("%w: shard %d: %v", ErrUnavailable, donor, err))
+			continue
 		}
 		for id, rec := range m {
 			recipient, units, at, ok := parseTransfer(rec)
@@ -616,18 +633,20 @@ func (s *Store) Sweep(ctx context.Context, campaign string, shards int, now time
 			}
 			r, err := s.run(ctx, creditScript, []string{StockKey(campaign, recipient), xinKey(campaign, recipient, id)}, []string{strconv.FormatInt(units, 10)})
 			if err != nil {
-				return done, err
+				keep(err)
+				continue
 			}
 			if r.status != replyCredited {
 				continue
 			}
 			if _, err := s.run(ctx, finishScript, []string{xferKey(campaign, donor), xdoneKey(campaign, donor, id)}, []string{id}); err != nil {
-				return done, err
+				keep(err)
+				continue
 			}
 			done++
 		}
 	}
-	return done, nil
+	return done, firstErr
 }
 
 // Counts are a campaign's live figures in Redis.
