@@ -14,6 +14,7 @@ import (
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -99,14 +100,19 @@ func (s *Store) Reset(ctx context.Context, key string, rate limiter.Rate) (limit
 }
 
 func countTTL(res rueidis.RedisResult) (int64, int64, error) {
-	v, err := res.AsIntSlice()
+	v, err := res.ToArray() // the reply's own elements: no copy
 	if err != nil {
 		return 0, 0, fmt.Errorf("ratelimit: %w", err)
 	}
 	if len(v) != 2 {
 		return 0, 0, fmt.Errorf("ratelimit: script replied %d values, want 2", len(v))
 	}
-	return v[0], v[1], nil
+	n, err1 := v[0].AsInt64()
+	ttl, err2 := v[1].AsInt64()
+	if err1 != nil || err2 != nil {
+		return 0, 0, fmt.Errorf("ratelimit: script reply: %w", errors.Join(err1, err2))
+	}
+	return n, ttl, nil
 }
 
 // distinctScript admits a member into a windowed set of at most ARGV[3]
@@ -144,13 +150,14 @@ func distinctArgs(member string, rate limiter.Rate) []string {
 	return []string{member, strconv.FormatInt(rate.Period.Milliseconds(), 10), strconv.FormatInt(rate.Limit, 10)}
 }
 
-// Request is one count of a batch (GetMulti): Get(Key, Rate), or, with
-// Distinct, Distinct(Key, Member, Rate).
+// Request is one count of a batch (GetMulti): Get(KeyPrefix+Key, Rate),
+// or, with Distinct, Distinct(KeyPrefix+Key, Member, Rate). (The key comes
+// in two parts so that the Redis key is built in one allocation.)
 type Request struct {
-	Key      string
-	Rate     limiter.Rate
-	Distinct bool
-	Member   string
+	KeyPrefix, Key string
+	Rate           limiter.Rate
+	Distinct       bool
+	Member         string
 }
 
 // Result is the answer to one Request.
@@ -203,9 +210,9 @@ func (s *Store) command(r *Request, sha bool) rueidis.Completed {
 		src, hash, args = distinctSrc, distinctSHA, distinctArgs(r.Member, r.Rate)
 	}
 	if sha {
-		return s.c.B().Evalsha().Sha1(hash).Numkeys(1).Key(s.key(r.Key)).Arg(args...).Build()
+		return s.c.B().Evalsha().Sha1(hash).Numkeys(1).Key(s.prefix + ":" + r.KeyPrefix + r.Key).Arg(args...).Build()
 	}
-	return s.c.B().Eval().Script(src).Numkeys(1).Key(s.key(r.Key)).Arg(args...).Build()
+	return s.c.B().Eval().Script(src).Numkeys(1).Key(s.prefix + ":" + r.KeyPrefix + r.Key).Arg(args...).Build()
 }
 
 func sha1Hex(src string) string {

@@ -113,7 +113,7 @@ collect:
 			default:
 				// user_devices: the key is the user's (value), the member the device.
 				p.req = len(reqs)
-				reqs = append(reqs, ratelimit.Request{Key: p.w.redisKey + value, Rate: p.w.rate, Distinct: distinct, Member: c.Device})
+				reqs = append(reqs, ratelimit.Request{KeyPrefix: p.w.redisKey, Key: value, Rate: p.w.rate, Distinct: distinct, Member: c.Device})
 				ps = append(ps, p)
 			}
 		}
@@ -133,6 +133,12 @@ collect:
 // stays allowed while a new one is refused, so the answer depends on the
 // device, not the user alone.
 func (r *Risk) cachedOver(p *pendingWindow, now time.Time) bool {
+	if r.overN.Load() == 0 {
+		// Nothing cached (honest traffic, mostly): skip building the key.
+		// An entry stored but not yet counted is missed once and counted
+		// in Redis, which answers the same.
+		return false
+	}
 	until, ok := r.overLimit.Load(p.w.cacheKey + p.value)
 	if !ok || now.UnixNano() >= until.(int64) {
 		return false
@@ -154,11 +160,11 @@ func (r *Risk) countWindows(ctx context.Context, set *ruleSet, ps []pendingWindo
 	case 1: // one window: through its ulule limiter (or Distinct)
 		q, lc := &reqs[0], ratelimit.Result{}
 		if q.Distinct {
-			lc.Context, lc.Err = set.store.Distinct(ctx, q.Key, q.Member, q.Rate)
+			lc.Context, lc.Err = set.store.Distinct(ctx, q.KeyPrefix+q.Key, q.Member, q.Rate)
 		} else {
 			for i := range ps {
 				if ps[i].req == 0 {
-					lc.Context, lc.Err = ps[i].w.lim.Get(ctx, q.Key)
+					lc.Context, lc.Err = ps[i].w.lim.Get(ctx, q.KeyPrefix+q.Key)
 				}
 			}
 		}
