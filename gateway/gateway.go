@@ -165,6 +165,7 @@ type Gateway struct {
 	public, admin     *fasthttp.Server
 	publicLn, adminLn net.Listener
 	draining          atomic.Bool
+	claimsInFlight    atomic.Int64 // claims holding a slot (shed.go)
 	closeOnce         sync.Once
 }
 
