@@ -10,7 +10,8 @@ import (
 )
 
 const (
-	// LimitsMax bounds rules; each costs a Redis round trip per claim.
+	// LimitsMax bounds rules; each window costs a script run in Redis per
+	// claim (all of a claim's windows share one round trip).
 	LimitsMax = 16
 	// WindowsMax bounds windows per rule.
 	WindowsMax = 4

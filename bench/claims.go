@@ -14,32 +14,51 @@ import (
 
 // ClaimTarget prepares claim requests for one campaign from a population of
 // users whose tokens are minted up front (minting is not what is measured).
+// Each user has its own device and client IP (sent as X-Forwarded-For: the
+// gateway must list the load generator in auth.trusted_proxies), so per-IP
+// and per-device limits see honest traffic spread as it is in a drop.
 type ClaimTarget struct {
 	URL      string // public base URL
 	Campaign string
 	Tokens   []string // "Bearer …", one per user
 	Devices  []string
+	IPs      []string
+	// Run prefixes the Idempotency-Keys: give each run its own, or the
+	// i-th claim of a second run replays the first run's i-th attempt
+	// (same user, same key) instead of making a grant.
+	Run string
 }
 
 // Prepare fills the i-th claim: user i mod population, a fresh Idempotency-Key.
 func (c *ClaimTarget) Prepare(i int64, req *fasthttp.Request) {
-	u := i % int64(len(c.Tokens))
+	u := c.User(i)
 	req.SetRequestURI(c.URL + "/v1/campaigns/" + c.Campaign + "/claim")
 	req.Header.SetMethod("POST")
 	req.Header.Set("Authorization", c.Tokens[u])
 	req.Header.Set("X-Device-ID", c.Devices[u])
-	req.Header.Set("Idempotency-Key", "b"+strconv.FormatInt(i, 36))
+	req.Header.Set("X-Forwarded-For", c.IPs[u])
+	req.Header.Set("Idempotency-Key", c.Key(i))
 }
+
+// User is the index of the i-th claim's user.
+func (c *ClaimTarget) User(i int64) int { return int(i % int64(len(c.Tokens))) }
+
+// UserID is the id (token subject) of user u.
+func UserID(u int) string { return "bench-user-" + strconv.Itoa(u) }
+
+// Key is the i-th claim's Idempotency-Key.
+func (c *ClaimTarget) Key(i int64) string { return "b" + c.Run + "-" + strconv.FormatInt(i, 36) }
 
 // NewClaimTarget mints tokens for users users with mint.
 func NewClaimTarget(url, campaign string, users int, mint func(user string) (string, error)) (*ClaimTarget, error) {
-	t := &ClaimTarget{URL: url, Campaign: campaign, Tokens: make([]string, users), Devices: make([]string, users)}
+	t := &ClaimTarget{URL: url, Campaign: campaign, Tokens: make([]string, users), Devices: make([]string, users), IPs: make([]string, users)}
 	for i := range t.Tokens {
-		tok, err := mint("bench-user-" + strconv.Itoa(i))
+		tok, err := mint(UserID(i))
 		if err != nil {
 			return nil, err
 		}
 		t.Tokens[i], t.Devices[i] = "Bearer "+tok, "bench-device-"+strconv.Itoa(i)
+		t.IPs[i] = fmt.Sprintf("10.%d.%d.%d", (i>>16)&255, (i>>8)&255, i&255)
 	}
 	return t, nil
 }

@@ -317,7 +317,16 @@ func progress(w io.Writer, start time.Time, taps *atomic.Int64, buckets []*bucke
 }
 
 func runMeta(sc *Scenario, o DropOptions) Meta {
-	m := Meta{Scenario: sc.Name, Seed: sc.Seed, RunID: o.RunID, GoVersion: runtime.Version(), GOMAXPROCS: runtime.GOMAXPROCS(0), Target: o.PublicURL, Commit: "unknown"}
+	m := HostMeta(o.PublicURL)
+	m.Scenario, m.Seed, m.RunID = sc.Name, sc.Seed, o.RunID
+	return m
+}
+
+// HostMeta describes this machine and build (commit from FLASHBENCH_COMMIT
+// or the binary's VCS stamp, Go version, GOMAXPROCS, CPU model × cores) for
+// a run against target.
+func HostMeta(target string) Meta {
+	m := Meta{GoVersion: runtime.Version(), GOMAXPROCS: runtime.GOMAXPROCS(0), Target: target, Commit: "unknown", Started: time.Now().UTC()}
 	if c := os.Getenv("FLASHBENCH_COMMIT"); c != "" {
 		m.Commit = c
 	} else if bi, ok := debug.ReadBuildInfo(); ok {

@@ -7,13 +7,15 @@
 // Goroutines: one scheduler emits intended send times into a bounded queue;
 // Connections workers take them and send. When the queue is full the send is
 // counted as late-dropped (it could not leave on time), never queued without
-// bound. Everything stops when the run's duration or context ends.
+// bound. Everything stops when the run's duration or context ends: requests
+// in flight finish, sends still queued are counted late-dropped, not sent.
 package bench
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,6 +33,10 @@ const (
 	scheduleQueueMax = 100_000
 	// latencyMax is the histogram's upper bound.
 	latencyMax = time.Minute
+	// recordersMax bounds the histograms of one run: connections share
+	// them (each with a lock), so thousands of connections do not cost
+	// thousands of histograms.
+	recordersMax = 16
 )
 
 // Options of one run.
@@ -43,7 +49,10 @@ type Options struct {
 	Prepare func(i int64, req *fasthttp.Request)
 	// Classify maps a response to a status; nil counts by HTTP code only.
 	Classify func(resp *fasthttp.Response) string
-	Client   *fasthttp.Client
+	// Observe, when set, sees every answered request (its index, response
+	// and label) in the worker that sent it; it must be safe for concurrent use.
+	Observe func(i int64, resp *fasthttp.Response, label string)
+	Client  *fasthttp.Client
 }
 
 // Validate reports every invalid field.
@@ -71,14 +80,28 @@ type Result struct {
 	Outcomes                  map[string]int64
 	Latency                   *hdrhistogram.Histogram // from intended send time, µs
 	Service                   *hdrhistogram.Histogram // from actual send time, µs
+	// ByOutcome is the latency of each outcome's answers (bench.Run only).
+	ByOutcome map[string]*OutcomeHist
+}
+
+// OutcomeHist is the latency of one outcome's answers, µs, with two
+// significant digits.
+type OutcomeHist struct {
+	Latency, Service *hdrhistogram.Histogram
+}
+
+func newOutcomeHist() *OutcomeHist {
+	return &OutcomeHist{Latency: hdrhistogram.New(1, latencyMax.Microseconds(), 2), Service: hdrhistogram.New(1, latencyMax.Microseconds(), 2)}
 }
 
 // AchievedRate is completed requests per second.
 func (r *Result) AchievedRate() float64 { return float64(r.Sent) / r.Elapsed.Seconds() }
 
 type worker struct {
+	mu               sync.Mutex // bench.Run: connections share a worker's figures
 	latency, service *hdrhistogram.Histogram
 	outcomes         map[string]int64
+	byOutcome        map[string]*OutcomeHist
 	errors           int64
 }
 
@@ -100,16 +123,19 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	start := time.Now()
 	go schedule(runCtx, start, Constant(o.Rate).RateAt, queue, &late)
 
-	workers := make([]*worker, o.Connections)
+	workers := make([]*worker, min(o.Connections, recordersMax))
+	for i := range workers {
+		workers[i] = newWorker()
+		workers[i].byOutcome = map[string]*OutcomeHist{}
+	}
 	var seq atomic.Int64
 	var wg sync.WaitGroup
-	for i := range workers {
-		w := newWorker()
-		workers[i] = w
+	for i := 0; i < o.Connections; i++ {
+		w := workers[i%len(workers)]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w.loop(o, queue, &seq)
+			w.loop(runCtx, o, queue, &seq, &late)
 		}()
 	}
 	wg.Wait()
@@ -127,6 +153,16 @@ func mergeWorkers(workers []*worker, elapsed time.Duration, late int64) *Result 
 		for k, v := range w.outcomes {
 			r.Outcomes[k] += v
 			r.Sent += v
+		}
+		for k, h := range w.byOutcome {
+			if r.ByOutcome == nil {
+				r.ByOutcome = map[string]*OutcomeHist{}
+			}
+			if r.ByOutcome[k] == nil {
+				r.ByOutcome[k] = newOutcomeHist()
+			}
+			r.ByOutcome[k].Latency.Merge(h.Latency)
+			r.ByOutcome[k].Service.Merge(h.Service)
 		}
 	}
 	r.Sent += r.Errors
@@ -169,30 +205,54 @@ func schedule(ctx context.Context, start time.Time, rateAt func(time.Duration) f
 	}
 }
 
-func (w *worker) loop(o Options, queue <-chan time.Time, seq *atomic.Int64) {
+// loop sends requests from queue until it closes, recording into w (which
+// other connections share: under its lock). Sends still queued when the
+// run's time is up (ctx) are not sent: they could not leave on time, and
+// are counted late.
+func (w *worker) loop(ctx context.Context, o Options, queue <-chan time.Time, seq *atomic.Int64, late *atomic.Int64) {
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
 	for intended := range queue {
+		if ctx.Err() != nil {
+			late.Add(1)
+			continue
+		}
 		req.Reset()
-		o.Prepare(seq.Add(1)-1, req)
+		i := seq.Add(1) - 1
+		o.Prepare(i, req)
 		sent := time.Now()
 		err := o.Client.DoTimeout(req, resp, o.Timeout)
 		done := time.Now()
 		if err != nil {
+			w.mu.Lock()
 			w.errors++
+			w.mu.Unlock()
 			continue
 		}
-		_ = w.latency.RecordValue(max(1, done.Sub(intended).Microseconds()))
-		_ = w.service.RecordValue(max(1, done.Sub(sent).Microseconds()))
 		label := ""
 		if o.Classify != nil {
 			label = o.Classify(resp)
 		}
 		if label == "" {
-			label = fmt.Sprintf("http_%d", resp.StatusCode())
+			label = "http_" + strconv.Itoa(resp.StatusCode())
 		}
+		if o.Observe != nil {
+			o.Observe(i, resp, label)
+		}
+		lat, svc := max(1, done.Sub(intended).Microseconds()), max(1, done.Sub(sent).Microseconds())
+		w.mu.Lock()
+		_ = w.latency.RecordValue(lat)
+		_ = w.service.RecordValue(svc)
 		w.outcomes[label]++
+		h := w.byOutcome[label]
+		if h == nil {
+			h = newOutcomeHist()
+			w.byOutcome[label] = h
+		}
+		_ = h.Latency.RecordValue(lat)
+		_ = h.Service.RecordValue(svc)
+		w.mu.Unlock()
 	}
 }
 
@@ -240,17 +300,37 @@ type Summary struct {
 	ServiceP50Ms float64          `json:"service_p50_ms"`
 	ServiceP99Ms float64          `json:"service_p99_ms"`
 	Outcomes     map[string]int64 `json:"outcomes"`
+	// ByOutcome is each outcome's latency (runs of bench.Run).
+	ByOutcome map[string]OutcomeLatency `json:"by_outcome,omitempty"`
+}
+
+// OutcomeLatency is the latency of one outcome's answers, ms.
+type OutcomeLatency struct {
+	Count        int64   `json:"count"`
+	P50Ms        float64 `json:"p50_ms"`
+	P99Ms        float64 `json:"p99_ms"`
+	MaxMs        float64 `json:"max_ms"`
+	ServiceP50Ms float64 `json:"service_p50_ms"`
+	ServiceP99Ms float64 `json:"service_p99_ms"`
 }
 
 // Summarize turns a result into figures.
 func (r *Result) Summarize(target float64) Summary {
 	ms := func(h *hdrhistogram.Histogram, q float64) float64 { return float64(h.ValueAtQuantile(q)) / 1000 }
-	return Summary{
+	s := Summary{
 		TargetRate: target, AchievedRate: r.AchievedRate(), Sent: r.Sent, Errors: r.Errors, LateDropped: r.LateDropped,
 		P50Ms: ms(r.Latency, 50), P90Ms: ms(r.Latency, 90), P99Ms: ms(r.Latency, 99), P999Ms: ms(r.Latency, 99.9),
 		MaxMs: float64(r.Latency.Max()) / 1000, ServiceP50Ms: ms(r.Service, 50), ServiceP99Ms: ms(r.Service, 99),
 		Outcomes: r.Outcomes,
 	}
+	for k, h := range r.ByOutcome {
+		if s.ByOutcome == nil {
+			s.ByOutcome = map[string]OutcomeLatency{}
+		}
+		s.ByOutcome[k] = OutcomeLatency{Count: h.Latency.TotalCount(), P50Ms: ms(h.Latency, 50), P99Ms: ms(h.Latency, 99), MaxMs: float64(h.Latency.Max()) / 1000,
+			ServiceP50Ms: ms(h.Service, 50), ServiceP99Ms: ms(h.Service, 99)}
+	}
+	return s
 }
 
 // Table renders a summary as text.

@@ -79,6 +79,12 @@ func granted(rec *ledger.Record) outcome {
 // only POST and a {campaign} of one non-empty segment.
 func (g *Gateway) handleClaim(ctx *fasthttp.RequestCtx, id []byte) {
 	start := time.Now()
+	if !g.claimSlot() {
+		out := overloaded()
+		g.answerClaim(ctx, &out, start)
+		return
+	}
+	defer g.releaseClaimSlot()
 	out := g.claim(ctx, id)
 	g.answerClaim(ctx, &out, start)
 }

@@ -138,6 +138,9 @@ type ClaimConfig struct {
 	Timeout time.Duration `koanf:"timeout"`
 	// IdempotencyTTL is how long an Idempotency-Key answers with its grant.
 	IdempotencyTTL time.Duration `koanf:"idempotency_ttl"`
+	// InflightMax bounds the claims in progress at once; one more is
+	// answered 503 (Retry-After) at once instead of queueing behind them.
+	InflightMax int `koanf:"inflight_max"`
 }
 
 type HTTPConfig struct {
@@ -181,7 +184,7 @@ func DefaultConfig() Config {
 		Auth:       AuthConfig{Mode: "jwt", Leeway: 5 * time.Second},
 		Admin:      AdminConfig{Tokens: map[string]string{}},
 		Store:      StoreConfig{Driver: "sqlite"},
-		Claim:      ClaimConfig{Timeout: 2 * time.Second, IdempotencyTTL: 24 * time.Hour},
+		Claim:      ClaimConfig{Timeout: 2 * time.Second, IdempotencyTTL: 24 * time.Hour, InflightMax: 512},
 		HTTP: HTTPConfig{
 			ReadTimeout:   5 * time.Second,
 			WriteTimeout:  5 * time.Second,
@@ -327,7 +330,7 @@ func init() {
 		"node_id", "public_addr", "admin_addr", "data_dir", "redis.addrs", "redis.timeout", "redis.max_flush_delay", "nats.url", "nats.replicas", "nats.dedup_window", "nats.stream_max_age", "nats.control_plane_stale_max",
 		"relay.backlog_max", "relay.reconcile_interval", "relay.reconcile_grace", "sink.embedded", "alerts.webhook_url",
 		"auth.mode", "auth.hs256_secret", "auth.ed25519_public_key", "auth.trusted_proxies", "auth.leeway", "auth.issuer", "auth.audience",
-		"admin.tokens", "admin.pprof", "store.driver", "store.dsn", "claim.timeout", "claim.idempotency_ttl", "ledger.sync_interval_min",
+		"admin.tokens", "admin.pprof", "store.driver", "store.dsn", "claim.timeout", "claim.idempotency_ttl", "claim.inflight_max", "ledger.sync_interval_min",
 		"http.read_timeout", "http.write_timeout", "http.idle_timeout", "http.concurrency",
 		"http.max_conns_per_ip", "http.drain_timeout", "log.level", "metrics.public",
 		"shutdown.drain_delay", "shutdown.timeout", "checkout.lock_ttl", "checkout.sweep_interval",
@@ -483,6 +486,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Claim.IdempotencyTTL < time.Minute || c.Claim.IdempotencyTTL > 30*24*time.Hour {
 		bad("claim.idempotency_ttl", "must be 1m..720h")
+	}
+	if c.Claim.InflightMax < 1 || c.Claim.InflightMax > 1<<20 {
+		bad("claim.inflight_max", "must be 1..%d", 1<<20)
 	}
 	if c.Ledger.SyncIntervalMin < 0 || c.Ledger.SyncIntervalMin > 10*time.Millisecond {
 		bad("ledger.sync_interval_min", "must be 0..10ms")

@@ -32,6 +32,7 @@
 //	jwt.go              the JWT verifier for the pinned algorithm (HS256 or EdDSA; exp, nbf, iss, aud)
 //	tokencache.go       verified end-user tokens
 //	claim.go            POST /v1/campaigns/{campaign}/claim
+//	shed.go             the claim's in-flight bound (claim.inflight_max): the excess answered 503 at once
 //	codeguess.go        the claim's limit on wrong redemption codes
 //	coupons.go          GET /v1/me/coupons: the wallet, each grant with its state and coupon
 //	orders.go           checkout: POST /v1/checkout/quote, /v1/checkout/redeem, /v1/orders/{order_id}/…
@@ -168,6 +169,7 @@ type Gateway struct {
 	public, admin     *fasthttp.Server
 	publicLn, adminLn net.Listener
 	draining          atomic.Bool
+	claimsInFlight    atomic.Int64 // claims holding a slot (shed.go)
 	closeOnce         sync.Once
 }
 

@@ -267,7 +267,7 @@ func TestTokenVerifierAllocs(t *testing.T) {
 			if _, _, err := v.verify(raw, oracleNow); err != nil {
 				t.Fatal(err)
 			}
-		}); n > tc.budget {
+		}); n > tc.budget && !raceEnabled {
 			t.Errorf("%s: %.1f allocations per verified token, budget %.0f (the subject)", algOf(tc.c), n, tc.budget)
 		}
 	}
@@ -281,7 +281,7 @@ func TestTokenVerifierAllocs(t *testing.T) {
 		if _, err := v.verify(authz); err != nil {
 			t.Fatal(err)
 		}
-	}); n > 1 {
+	}); n > 1 && !raceEnabled {
 		t.Errorf("verify: %.1f allocations per Authorization header, budget 1 (the subject)", n)
 	}
 }

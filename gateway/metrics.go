@@ -40,6 +40,7 @@ type metrics struct {
 	grantsSettled    prometheus.Counter
 	grantsHeld       prometheus.Gauge
 	marksDropped     prometheus.Counter
+	claimsShed       prometheus.Counter
 	handler          fasthttp.RequestHandler
 }
 
@@ -60,7 +61,8 @@ func newMetrics() *metrics {
 	m.grantsSettled = prometheus.NewCounter(prometheus.CounterOpts{Name: "flashgate_grants_settled_total", Help: "Grants decided in Redis whose handler did not make them durable (append failed, reply lost, process died), appended to the ledger by the settler."})
 	m.grantsHeld = prometheus.NewGauge(prometheus.GaugeOpts{Name: "flashgate_grants_held", Help: "Unsettled grants of other nodes seen in the last settlement pass: held until their node (or a replacement on its data dir) settles them."})
 	m.marksDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "flashgate_settle_marks_dropped_total", Help: "Settled grants whose unsettled field was not deleted at once (queue full or Redis error); the settler deletes it later."})
-	m.reg.MustRegister(m.grantsSettled, m.grantsHeld, m.marksDropped)
+	m.claimsShed = prometheus.NewCounter(prometheus.CounterOpts{Name: "flashgate_claims_shed_total", Help: "Claims answered 503 at once because claim.inflight_max claims were in progress (also counted in flashgate_claims_total as unavailable)."})
+	m.reg.MustRegister(m.grantsSettled, m.grantsHeld, m.marksDropped, m.claimsShed)
 	m.riskBlocked = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flashgate_risk_blocked_total", Help: "Claims refused by the blacklist, by entry kind."}, []string{"kind"})
 	m.riskRateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flashgate_risk_rate_limited_total", Help: "Claims refused by a limit, by rule."}, []string{"rule"})
 	m.riskShadow = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flashgate_risk_shadow_would_block_total", Help: "Claims a shadow rule would have refused, by rule."}, []string{"rule"})

@@ -1,6 +1,6 @@
 //go:build !race
 
-package gateway_test
+package gateway
 
-// raceDetector: this test binary runs under -race (make test's second pass).
-const raceDetector = false
+// raceEnabled: see race_on_test.go.
+const raceEnabled = false

@@ -1,6 +1,7 @@
 //go:build race
 
-package gateway_test
+package gateway
 
-// raceDetector: this test binary runs under -race (make test's second pass).
-const raceDetector = true
+// raceEnabled: the race detector drops sync.Pool items at random, so
+// allocation counts are not comparable; budgets are reported, not enforced.
+const raceEnabled = true

@@ -68,3 +68,60 @@ func TestDistinctAdmitsKnownMembers(t *testing.T) {
 		}
 	}
 }
+
+// TestGetMultiCountsLikeGetInOneRoundTrip: a batch of counts and a distinct
+// admission answers exactly what the same calls one by one answer (on
+// another prefix), its scripts are re-sent after Redis lost them (NOSCRIPT),
+// and a stopped Redis gives every request an error.
+func TestGetMultiCountsLikeGetInOneRoundTrip(t *testing.T) {
+	srv := redisserver.Start(t, redisserver.Options{})
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{srv.Addr()}, DisableRetry: true, DisableCache: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	batch, single := New(c, "batch", nil), New(c, "single", nil)
+	ctx := context.Background()
+	perSec, perMin := limiter.Rate{Period: time.Second, Limit: 3}, limiter.Rate{Period: time.Minute, Limit: 2}
+	reqs := []Request{
+		{Key: "ip:1", Rate: perSec},
+		{Key: "ip:1:m", Rate: perMin},
+		{Key: "ud:u1", Rate: perMin, Distinct: true, Member: "d1"},
+	}
+	for round, dev := range []string{"d1", "d2", "d3", "d1"} {
+		reqs[2].Member = dev
+		if round == 2 {
+			// Redis forgets the scripts: the batch re-sends them as EVAL.
+			if err := c.Do(ctx, c.B().ScriptFlush().Build()).Error(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out := make([]Result, len(reqs))
+		batch.GetMulti(ctx, reqs, out)
+		for i, q := range reqs {
+			var want limiter.Context
+			if q.Distinct {
+				want, err = single.Distinct(ctx, q.Key, q.Member, q.Rate)
+			} else {
+				want, err = single.Get(ctx, q.Key, q.Rate)
+			}
+			if err != nil || out[i].Err != nil {
+				t.Fatalf("round %d request %d: %v / %v", round, i, out[i].Err, err)
+			}
+			got := out[i].Context
+			if got.Limit != want.Limit || got.Remaining != want.Remaining || got.Reached != want.Reached || got.Reset < want.Reset-1 || got.Reset > want.Reset+1 {
+				t.Fatalf("round %d request %d: batch %+v, one by one %+v", round, i, got, want)
+			}
+		}
+	}
+	srv.Kill()
+	tctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	out := make([]Result, len(reqs))
+	batch.GetMulti(tctx, reqs, out)
+	for i := range out {
+		if out[i].Err == nil {
+			t.Fatalf("request %d: no error with Redis down", i)
+		}
+	}
+}

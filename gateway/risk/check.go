@@ -6,9 +6,8 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/ulule/limiter/v3"
-
 	"github.com/flashgate/flashgate/antifraud"
+	"github.com/flashgate/flashgate/gateway/ratelimit"
 	"github.com/flashgate/flashgate/gateway/status"
 )
 
@@ -58,79 +57,167 @@ func (r *Risk) Check(ctx context.Context, c Claim, now time.Time) Verdict {
 			r.raise(al)
 		}
 	}
+	if len(set.limits) == 0 {
+		return allowed
+	}
+	return r.checkLimits(ctx, set, &c, now)
+}
+
+// claimWindowsInline windows of a claim are checked in buffers on the
+// stack; a rule set with more (up to LimitsMax × WindowsMax) spills to the heap.
+const claimWindowsInline = 8
+
+// pendingWindow is one limit window of a claim being checked.
+type pendingWindow struct {
+	l       *limit
+	w       *window
+	value   string // the limit's key value for this claim
+	req     int    // index of its count in the Redis batch; -1 when answered locally
+	reached bool
+	reset   time.Time
+	err     error
+}
+
+// checkLimits decides as if every window were checked one after the other
+// in rule order — the first window that refuses answers — but counts all
+// the windows that need Redis in one round trip (ratelimit.Store.GetMulti),
+// not one round trip each. Windows are collected up to the first one known
+// to refuse without Redis (an over-limit cache hit of an enforced rule, or
+// no Redis for a fail-closed rule): the windows after it are not counted,
+// as before. A claim refused by a window counted in Redis has been counted
+// in the later windows of its batch too (they went together); a fixed
+// window counts refused claims anyway.
+func (r *Risk) checkLimits(ctx context.Context, set *ruleSet, c *Claim, now time.Time) Verdict {
+	var pbuf [claimWindowsInline]pendingWindow
+	var qbuf [claimWindowsInline]ratelimit.Request
+	ps, reqs := pbuf[:0], qbuf[:0]
+collect:
 	for i := range set.limits {
 		l := &set.limits[i]
 		value := antifraud.KeyValue(l.rule.Key, c.IP, c.Device, c.User)
+		distinct := l.rule.Key == antifraud.KeyUserDevices
 		for wi := range l.windows {
-			if v := r.checkWindow(ctx, set, l, &l.windows[wi], value, &c, now); !v.OK {
-				return v
+			p := pendingWindow{l: l, w: &l.windows[wi], value: value, req: -1}
+			switch {
+			case !distinct && r.cachedOver(&p, now):
+				ps = append(ps, p)
+				if !l.rule.Shadow {
+					break collect
+				}
+			case p.w.lim == nil:
+				p.err = errRedisNotConnected
+				ps = append(ps, p)
+				if !l.rule.FailOpen {
+					break collect
+				}
+			default:
+				// user_devices: the key is the user's (value), the member the device.
+				p.req = len(reqs)
+				reqs = append(reqs, ratelimit.Request{KeyPrefix: p.w.redisKey, Key: value, Rate: p.w.rate, Distinct: distinct, Member: c.Device})
+				ps = append(ps, p)
 			}
+		}
+	}
+	r.countWindows(ctx, set, ps, reqs, now)
+	for i := range ps {
+		if v := r.verdictOf(&ps[i], now); !v.OK {
+			return v
 		}
 	}
 	return allowed
 }
 
-// checkWindow applies one window of a limit: shadow rules only count, and a
-// failed count refuses unless the rule fails open.
-func (r *Risk) checkWindow(ctx context.Context, set *ruleSet, l *limit, w *window, value string, c *Claim, now time.Time) Verdict {
-	reached, reset, err := r.reached(ctx, set, l, w, value, c, now)
-	if err != nil {
+// cachedOver reports whether the window's key is known over its limit at
+// now (the local cache: no Redis round trip), and if so marks p reached
+// until the window's reset. user_devices is never cached: a known device
+// stays allowed while a new one is refused, so the answer depends on the
+// device, not the user alone.
+func (r *Risk) cachedOver(p *pendingWindow, now time.Time) bool {
+	if r.overN.Load() == 0 {
+		// Nothing cached (honest traffic, mostly): skip building the key.
+		// An entry stored but not yet counted is missed once and counted
+		// in Redis, which answers the same.
+		return false
+	}
+	until, ok := r.overLimit.Load(p.w.cacheKey + p.value)
+	if !ok || now.UnixNano() >= until.(int64) {
+		return false
+	}
+	p.reached, p.reset = true, time.Unix(0, until.(int64))
+	return true
+}
+
+// countWindows counts the windows of ps that need Redis (reqs, in one round
+// trip; a single one through its ulule limiter) and records in each whether
+// its limit is reached and when it resets; a key found over its limit joins
+// the over-limit cache.
+func (r *Risk) countWindows(ctx context.Context, set *ruleSet, ps []pendingWindow, reqs []ratelimit.Request, now time.Time) {
+	var rbuf [claimWindowsInline]ratelimit.Result
+	res := rbuf[:0]
+	switch len(reqs) {
+	case 0:
+		return
+	case 1: // one window: through its ulule limiter (or Distinct)
+		q, lc := &reqs[0], ratelimit.Result{}
+		if q.Distinct {
+			lc.Context, lc.Err = set.store.Distinct(ctx, q.KeyPrefix+q.Key, q.Member, q.Rate)
+		} else {
+			for i := range ps {
+				if ps[i].req == 0 {
+					lc.Context, lc.Err = ps[i].w.lim.Get(ctx, q.KeyPrefix+q.Key)
+				}
+			}
+		}
+		res = append(res, lc)
+	default:
+		if len(reqs) > cap(res) {
+			res = make([]ratelimit.Result, 0, len(reqs))
+		}
+		res = res[:len(reqs)]
+		set.store.GetMulti(ctx, reqs, res)
+	}
+	for i := range ps {
+		p := &ps[i]
+		if p.req < 0 {
+			continue
+		}
+		lc := &res[p.req]
+		if p.err = lc.Err; p.err != nil || !lc.Context.Reached {
+			continue
+		}
+		p.reached, p.reset = true, time.Unix(lc.Context.Reset, 0)
+		if !reqs[p.req].Distinct && r.overN.Load() < overLimitCacheMax {
+			if _, loaded := r.overLimit.LoadOrStore(p.w.cacheKey+p.value, p.reset.UnixNano()); !loaded {
+				r.overN.Add(1)
+			}
+		}
+	}
+}
+
+// verdictOf is one window's verdict: shadow rules only count, and a failed
+// count refuses unless the rule fails open.
+func (r *Risk) verdictOf(p *pendingWindow, now time.Time) Verdict {
+	l := p.l
+	if p.err != nil {
 		count(r.opts.Metrics.LimitError, l.rule.Name)
 		if l.rule.FailOpen {
 			return allowed
 		}
 		return Verdict{Status: status.Unavailable, Message: "rate limit store unavailable"}
 	}
-	if !reached {
+	if !p.reached {
 		return allowed
 	}
 	if l.rule.Shadow {
 		count(r.opts.Metrics.ShadowBlocked, l.rule.Name)
-		if al, fire := r.detector.Load().Shadow(l.rule.Name, value, now); fire {
+		if al, fire := r.detector.Load().Shadow(l.rule.Name, p.value, now); fire {
 			r.raise(al)
 		}
 		return allowed
 	}
 	count(r.opts.Metrics.RateLimited, l.rule.Name)
-	after := int(reset.Sub(now).Seconds() + 0.999)
+	after := int(p.reset.Sub(now).Seconds() + 0.999)
 	return Verdict{Status: status.RateLimited, Message: l.refusal, RetryAfter: max(1, after), Which: l.rule.Key}
-}
-
-// reached counts the claim against a window and reports whether the window's
-// limit is reached, and when it resets. A key known to be over its limit is
-// answered from the local cache without a Redis round trip. user_devices
-// counts the claim's device among the user's devices and is never cached:
-// a known device stays allowed while a new one is refused, so the answer
-// depends on the device, not the user alone.
-func (r *Risk) reached(ctx context.Context, set *ruleSet, l *limit, w *window, value string, c *Claim, now time.Time) (bool, time.Time, error) {
-	distinct := l.rule.Key == antifraud.KeyUserDevices
-	var cacheKey string
-	if !distinct {
-		cacheKey = w.cacheKey + value
-		if until, ok := r.overLimit.Load(cacheKey); ok && now.UnixNano() < until.(int64) {
-			return true, time.Unix(0, until.(int64)), nil
-		}
-	}
-	var lctx limiter.Context
-	var err error
-	switch {
-	case w.lim == nil:
-		err = errRedisNotConnected
-	case distinct:
-		lctx, err = set.store.Distinct(ctx, w.redisKey+c.User, c.Device, w.rate)
-	default:
-		lctx, err = w.lim.Get(ctx, w.redisKey+value)
-	}
-	if err != nil || !lctx.Reached {
-		return false, time.Time{}, err
-	}
-	reset := time.Unix(lctx.Reset, 0)
-	if !distinct && r.overN.Load() < overLimitCacheMax {
-		if _, loaded := r.overLimit.LoadOrStore(cacheKey, reset.UnixNano()); !loaded {
-			r.overN.Add(1)
-		}
-	}
-	return true, reset, nil
 }
 
 // evictOverLimit drops, every overLimitEvictInterval until ctx ends, the

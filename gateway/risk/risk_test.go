@@ -32,7 +32,7 @@ func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.nanos.Load(
 func (c *fakeClock) Advance(d time.Duration) { c.nanos.Add(int64(d)) }
 
 // embeddedJS starts an in-process JetStream server for the test.
-func embeddedJS(t *testing.T) jetstream.JetStream {
+func embeddedJS(t testing.TB) jetstream.JetStream {
 	t.Helper()
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
 		StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
@@ -78,7 +78,7 @@ func running(t *testing.T, o Options) (r *Risk, stop func()) {
 	return r, stop
 }
 
-func redisClient(t *testing.T) rueidis.Client {
+func redisClient(t testing.TB) rueidis.Client {
 	t.Helper()
 	srv := redisserver.Start(t, redisserver.Options{})
 	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{srv.Addr()}, DisableCache: true})

@@ -145,3 +145,6 @@ func freePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// Pid is the redis-server's process id (benchmarks read its CPU time).
+func (s *Server) Pid() int { return s.cmd.Process.Pid }
