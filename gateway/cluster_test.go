@@ -237,16 +237,6 @@ func TestClusterDropAcrossThreeGateways(t *testing.T) {
 	f.audit(t, 30*time.Second)
 }
 
-// sortedKeys lists a map's keys in order (stable test output).
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
 // skipUnderRace skips a timing-bound fleet test in make test's -race pass:
 // there everything runs several times slower, the fault lands at another
 // moment of the load and the bounded waits no longer fit (the master-kill,
