@@ -20,6 +20,11 @@ import (
 	"github.com/flashgate/flashgate/internal/stack"
 )
 
+// review10Golden2 was recorded on 4b8ccb8 with one intended change since:
+// a claim's limit windows are counted together in one round trip (issue
+// 11), so a claim refused by one window also counts in the others, as
+// envoy's ratelimit counts every descriptor — "per-24 1" is now refused,
+// its /24 having counted "per-ip 2".
 const review10Golden2 = "testdata/review10_transcript2.golden"
 
 func TestReview10ClaimTranscriptTrustedHeaderEqualsPreRestructure(t *testing.T) {
